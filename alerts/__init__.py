@@ -1,0 +1,1 @@
+"""Alert rules, the engine that evaluates them on the bus, and notifiers."""

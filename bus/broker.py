@@ -1,0 +1,173 @@
+"""The broker: libzmq's own XSUB -> XPUB proxy, so forwarding costs no Python per message.
+
+The proxy runs in a thread (``zmq.proxy_steerable``) so the main thread can take
+signals, ask the proxy for its counters and publish them as ``bus`` messages, and stop it
+cleanly: on SIGINT/SIGTERM it keeps forwarding until the frontend has been quiet for a
+moment, then terminates, so that what publishers handed over reaches the sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from bus.config import BrokerConfig
+
+log = logging.getLogger("metricbus.broker")
+
+#: libzmq refuses (and disconnects the sender of) frames above this multiple of the decode
+#: cap: a hard bound on memory. Frames between the two caps reach sinks, which count them.
+TRANSPORT_CAP_FACTOR = 16
+_QUIET_BEFORE_STOP = 0.3
+_STOP_DEADLINE = 5.0
+
+
+@dataclass(frozen=True)
+class ProxyStats:
+    """The eight counters libzmq's STATISTICS command returns."""
+
+    frontend_in_msgs: int
+    frontend_in_bytes: int
+    frontend_out_msgs: int
+    frontend_out_bytes: int
+    backend_in_msgs: int
+    backend_in_bytes: int
+    backend_out_msgs: int
+    backend_out_bytes: int
+
+
+class Broker:
+    """Binds the frontend (publishers connect) and backend (sinks connect) and forwards."""
+
+    def __init__(self, config: BrokerConfig, curve: Mapping[str, Any] | None = None) -> None:
+        self.config = config
+        self.curve = curve  # {"secret": bytes, "public": bytes, "authenticator": callable} from bus.security
+        self._context = zmq.Context()
+        self._control_url = f"inproc://broker-control-{id(self)}"
+        self._control = self._context.socket(zmq.PAIR)
+        self._control.bind(self._control_url)
+        self._stop = threading.Event()
+        self._bound = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._proxy, name="metricbus-proxy", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Bind and start forwarding; raises if the endpoints cannot be bound."""
+        self._thread.start()
+        if not self._bound.wait(timeout):
+            raise RuntimeError("broker did not bind in time")
+        if self._error is not None:
+            raise self._error
+
+    def stats(self, timeout: float = 1.0) -> ProxyStats | None:
+        """The proxy's counters, or None if it did not answer in time."""
+        self._control.send(b"STATISTICS")
+        if not self._control.poll(int(timeout * 1000), zmq.POLLIN):
+            return None
+        frames = self._control.recv_multipart()
+        values = [int.from_bytes(f, "little") for f in frames]
+        return ProxyStats(*values[:8])
+
+    def stop(self) -> None:
+        """Forward until the frontend is quiet (bounded), then stop the proxy and unbind."""
+        if not self._thread.is_alive():
+            self._close()
+            return
+        deadline = time.monotonic() + _STOP_DEADLINE
+        last = self.stats()
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)  # polling libzmq's counters: there is no event for "queue empty"
+            now = self.stats()
+            if now is None or last is None or now.frontend_in_msgs != last.frontend_in_msgs:
+                quiet_since = time.monotonic()
+                last = now
+            elif time.monotonic() - quiet_since >= _QUIET_BEFORE_STOP:
+                break
+        self._control.send(b"TERMINATE")
+        self._thread.join(timeout=_STOP_DEADLINE)
+        self._close()
+
+    def _close(self) -> None:
+        self._control.close(linger=0)
+        self._context.term()
+
+    def _apply_curve(self, sock: zmq.Socket[Any]) -> None:
+        if not self.curve:
+            return
+        sock.curve_server = True
+        sock.curve_secretkey = self.curve["secret"]
+        sock.curve_publickey = self.curve["public"]
+
+    def _proxy(self) -> None:
+        # Sockets live in the thread that uses them (ZeroMQ sockets are not thread-safe).
+        cfg = self.config
+        frontend = self._context.socket(zmq.XSUB)
+        backend = self._context.socket(zmq.XPUB)
+        control = self._context.socket(zmq.PAIR)
+        try:
+            for sock in (frontend, backend):
+                sock.setsockopt(zmq.LINGER, 2000)
+                self._apply_curve(sock)
+            frontend.setsockopt(zmq.RCVHWM, cfg.hwm)
+            frontend.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes * TRANSPORT_CAP_FACTOR)
+            backend.setsockopt(zmq.SNDHWM, cfg.hwm)
+            frontend.bind(cfg.frontend)
+            backend.bind(cfg.backend)
+            # Subscribe to everything upstream: every publisher then gets one subscription as
+            # soon as it connects (that is what it waits for), and filtering happens here.
+            frontend.send(b"\x01")
+            control.connect(self._control_url)
+        except zmq.ZMQError as exc:
+            self._error = RuntimeError(f"broker cannot bind {cfg.frontend} / {cfg.backend}: {exc}")
+            for sock in (frontend, backend, control):
+                sock.close(linger=0)
+            self._bound.set()
+            return
+        self._bound.set()
+        try:
+            zmq.proxy_steerable(frontend, backend, None, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            for sock in (frontend, backend, control):
+                sock.close()
+
+
+def run_broker(
+    config: BrokerConfig,
+    stop: threading.Event,
+    curve: Mapping[str, Any] | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run until ``stop`` is set, publishing the proxy's counters as ``bus`` messages."""
+    from bus.publisher import Publisher  # a publisher on our own frontend carries our counters
+
+    broker = Broker(config, curve)
+    broker.start()
+    if on_ready:
+        on_ready()
+    log.info("broker: publishers connect to %s, sinks to %s", config.frontend, config.backend)
+    node = socket.gethostname()
+    publisher: Publisher | None = None
+    try:
+        client_curve = None
+        if curve:
+            client_curve = {"secret": curve["secret"], "public": curve["public"], "server": curve["public"]}
+        publisher = Publisher(config.connect_frontend, None, node, heartbeat_interval=3600.0, curve=client_curve)
+        while not stop.wait(config.stats_interval):
+            stats = broker.stats()
+            if stats is not None:
+                publisher.publish("bus", {"event": "broker_stats", **stats.__dict__})
+    finally:
+        if publisher is not None:
+            publisher.close()
+        broker.stop()
+        log.info("broker: stopped")

@@ -1,0 +1,209 @@
+"""Wire format v1: a message is two ZeroMQ frames, ``[topic, msgpack payload]``.
+
+This module is the only place that touches msgpack. Encoding is lenient about scalar
+types (numpy and torch scalars become plain numbers); decoding is strict and raises a
+single :class:`DecodeError` for anything that is not exactly this format.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+VERSION: Final = 1
+KINDS: Final = frozenset({"metrics", "episode", "system", "event", "alert", "bus"})
+KEYS: Final = ("v", "kind", "run", "node", "pub", "seq", "ts", "step", "data")
+RUN_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: Default cap on one payload. ZeroMQ's own MAXMSGSIZE is set from the same number.
+MAX_PAYLOAD_BYTES: Final = 1 << 20
+#: Nested maps/lists in ``data`` are for small structures (hyper-parameters), not blobs.
+MAX_DEPTH: Final = 8
+#: Frames whose topic starts with this byte are bus-internal probes, never messages.
+CONTROL_PREFIX: Final = b"\x00"
+
+_KEY_SET: Final = frozenset(KEYS)
+
+
+class DecodeError(ValueError):
+    """Frames that are not a v1 message; the text says what was wrong."""
+
+
+class EncodeError(TypeError):
+    """A value that cannot be put on the wire; the text names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded v1 message."""
+
+    kind: str
+    run: str | None
+    node: str
+    pub: str
+    seq: int
+    ts: float
+    step: int | None
+    data: dict[str, Any]
+
+    @property
+    def source(self) -> str:
+        """The run for run-scoped messages, else the node (the topic's second part)."""
+        return topic_source(self.kind, self.run, self.node)
+
+    @property
+    def topic(self) -> str:
+        return f"{self.kind}/{self.source}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The payload as a plain map, keys in wire order."""
+        return {
+            "v": VERSION,
+            "kind": self.kind,
+            "run": self.run,
+            "node": self.node,
+            "pub": self.pub,
+            "seq": self.seq,
+            "ts": self.ts,
+            "step": self.step,
+            "data": self.data,
+        }
+
+
+def topic_source(kind: str, run: str | None, node: str) -> str:
+    # system and bus messages describe a node; everything else belongs to a run when it has one.
+    if kind in ("system", "bus") or run is None:
+        return node
+    return run
+
+
+def check_run_id(run: str) -> str:
+    if not isinstance(run, str) or RUN_ID_PATTERN.fullmatch(run) is None:
+        raise ValueError(f"run id {run!r} must match {RUN_ID_PATTERN.pattern}")
+    return run
+
+
+def _to_plain(obj: Any) -> Any:
+    # msgpack calls this only for types it does not know: numpy/torch scalars and 0-d tensors.
+    item = getattr(obj, "item", None)
+    if item is not None:
+        try:
+            return item()
+        except (ValueError, RuntimeError) as exc:  # a tensor/array with more than one element
+            raise EncodeError(
+                f"cannot encode {type(obj).__name__} with shape {getattr(obj, 'shape', '?')}: {exc}"
+            ) from exc
+    tolist = getattr(obj, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise EncodeError(f"cannot encode value of type {type(obj).__name__}")
+
+
+_packer_default = _to_plain
+
+
+def pack(payload: Mapping[str, Any]) -> bytes:
+    """msgpack bytes of one payload map (numpy/torch scalars become plain numbers)."""
+    try:
+        packed: bytes = msgpack.packb(payload, default=_packer_default, use_bin_type=True)
+        return packed
+    except EncodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(str(exc)) from exc
+
+
+def encode(message: Message) -> list[bytes]:
+    """The two frames of ``message``."""
+    return [message.topic.encode(), pack(message.to_dict())]
+
+
+def unpack_value(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
+    """The object in ``payload``; a thin strict wrapper used by :func:`decode`."""
+    if len(payload) > max_bytes:
+        raise DecodeError(f"payload of {len(payload)} bytes is over the {max_bytes}-byte cap")
+    try:
+        return msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise DecodeError(f"payload is not msgpack: {type(exc).__name__}: {exc}") from exc
+
+
+def decode(frames: Sequence[bytes], max_bytes: int = MAX_PAYLOAD_BYTES) -> Message:
+    """The message in ``frames``, or :class:`DecodeError` saying what is wrong."""
+    if len(frames) != 2:
+        raise DecodeError(f"expected 2 frames [topic, payload], got {len(frames)}")
+    topic_frame, payload = frames
+    try:
+        topic = bytes(topic_frame).decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"topic is not UTF-8: {exc}") from exc
+    obj = unpack_value(bytes(payload), max_bytes)
+    if not isinstance(obj, dict):
+        raise DecodeError(f"topic {topic!r}: payload is a {type(obj).__name__}, not a map")
+    return _from_map(obj, topic)
+
+
+def _fail(topic: str, what: str) -> DecodeError:
+    return DecodeError(f"topic {topic!r}: {what}")
+
+
+def _from_map(obj: dict[str, Any], topic: str) -> Message:
+    if obj.keys() != _KEY_SET:
+        missing = sorted(_KEY_SET - obj.keys())
+        extra = sorted(map(str, obj.keys() - _KEY_SET))
+        raise _fail(topic, f"payload keys: missing {missing}, unexpected {extra}")
+    v, kind, run, node, pub, seq, ts, step, data = (obj[k] for k in KEYS)
+    if v != VERSION or type(v) is not int:
+        raise _fail(topic, f"'v' must be {VERSION}, got {v!r}")
+    if kind not in KINDS:
+        raise _fail(topic, f"'kind' must be one of {sorted(KINDS)}, got {kind!r}")
+    if run is not None and (type(run) is not str or RUN_ID_PATTERN.fullmatch(run) is None):
+        raise _fail(topic, f"'run' must be nil or match {RUN_ID_PATTERN.pattern}, got {run!r}")
+    if type(node) is not str or not node:
+        raise _fail(topic, f"'node' must be a non-empty string, got {node!r}")
+    if type(pub) is not str or not pub:
+        raise _fail(topic, f"'pub' must be a non-empty string, got {pub!r}")
+    if type(seq) is not int or seq < 0:
+        raise _fail(topic, f"'seq' must be a non-negative int, got {seq!r}")
+    if type(ts) is int:
+        ts = float(ts)
+    if type(ts) is not float or not math.isfinite(ts):
+        raise _fail(topic, f"'ts' must be a finite float, got {ts!r}")
+    if step is not None and type(step) is not int:
+        raise _fail(topic, f"'step' must be nil or an int, got {step!r}")
+    if type(data) is not dict:
+        raise _fail(topic, f"'data' must be a map, got {type(data).__name__}")
+    _check_data(data, topic, 1)
+    expected = f"{kind}/{topic_source(kind, run, node)}"
+    if topic != expected:
+        raise _fail(topic, f"topic does not match the payload (expected {expected!r})")
+    return Message(kind, run, node, pub, seq, ts, step, data)
+
+
+_SCALARS: Final = (int, float, bool, str, type(None))
+
+
+def _check_data(value: Any, topic: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise _fail(topic, f"'data' nests deeper than {MAX_DEPTH} levels")
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _fail(topic, f"'data' key {key!r} is not a string")
+            if type(item) not in _SCALARS:
+                _check_data(item, topic, depth + 1)
+    elif type(value) is list:
+        for item in value:
+            if type(item) not in _SCALARS:
+                _check_data(item, topic, depth + 1)
+    elif type(value) not in _SCALARS:
+        raise _fail(topic, f"'data' holds a {type(value).__name__}, which v1 does not allow")

@@ -1,0 +1,238 @@
+"""The training-side end of the bus: a non-blocking, thread-safe publisher.
+
+Why an XPUB socket and not a PUB: a PUB socket silently drops everything it is given
+before the broker's subscription has arrived over the new connection (ZeroMQ's
+"slow joiner"), and silently drops at its high-water mark. An XPUB socket *receives*
+the subscription, so the publisher knows when the path is open, and with
+``XPUB_NODROP`` a full queue refuses the send (EAGAIN) so that we can count it.
+The broker subscribes to everything on its frontend, so one subscription arrives per
+connection. Until it has, messages wait in a bounded local backlog instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final
+
+import zmq
+
+from bus import defaults
+from bus.message import VERSION, check_run_id, pack, topic_source
+
+#: Messages held while the broker's subscription has not yet arrived.
+DEFAULT_BACKLOG: Final = 100_000
+
+
+class Publisher:
+    """Publishes v1 messages for one run (or for a node when ``run`` is None).
+
+    ``publish`` never blocks: a message the socket cannot take is counted in
+    ``dropped``. Safe to share between threads (one lock around the socket).
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        run: str | None = None,
+        node: str | None = None,
+        *,
+        heartbeat_interval: float = 10.0,
+        hwm: int = defaults.PUBLISHER_HWM,
+        connect_timeout: float = 2.0,
+        linger: float = 2.0,
+        backlog: int = DEFAULT_BACKLOG,
+        curve: Mapping[str, bytes] | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.endpoint = endpoint or defaults.publisher_endpoint()
+        self.run = check_run_id(run) if run is not None else None
+        self.node = node or socket.gethostname()
+        self.pub = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.heartbeat_interval = heartbeat_interval
+        self.linger = linger
+        self.sent = 0
+        self.dropped = 0
+        self._next_seq = 0
+        self._topics: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._backlog: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._backlog_max = backlog
+        self._next_heartbeat = time.time() + heartbeat_interval
+        self._closed = False
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        sock = self._context.socket(zmq.XPUB)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.LINGER, int(linger * 1000))
+        if curve:
+            sock.curve_secretkey = curve["secret"]
+            sock.curve_publickey = curve["public"]
+            sock.curve_serverkey = curve["server"]
+        sock.connect(self.endpoint)
+        self._socket = sock
+        self._open = self._await_subscription(connect_timeout)
+
+    # -- public API ---------------------------------------------------------------------
+
+    def publish(self, kind: str, data: Mapping[str, Any], step: int | None = None) -> None:
+        """Send one message of ``kind``; never blocks, never raises for a full queue."""
+        ts = time.time()
+        run = self.run
+        payload = {
+            "v": VERSION,
+            "kind": kind,
+            "run": run,
+            "node": self.node,
+            "pub": self.pub,
+            "seq": 0,
+            "ts": ts,
+            "step": step,
+            "data": data,
+        }
+        topic = self._topics.get(kind) or self._topic(kind)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("publish() on a closed Publisher")
+            payload["seq"] = self._next_seq
+            packed = pack(payload)  # raises EncodeError before the seq is spent
+            self._next_seq += 1
+            self._send(topic, packed)
+            if ts >= self._next_heartbeat:
+                self._heartbeat(ts)
+
+    def metrics(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        self.publish("metrics", data, step)
+
+    def episode(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        self.publish("episode", data, step)
+
+    def system(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        self.publish("system", data, step)
+
+    def event(self, event: str, step: int | None = None, **fields: Any) -> None:
+        self.publish("event", {"event": event, **fields}, step)
+
+    def alert(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        self.publish("alert", data, step)
+
+    def forward(self, payload: Mapping[str, Any]) -> None:
+        """Send a recorded payload unchanged (its own run, node, pub and seq): for replay."""
+        topic = f"{payload['kind']}/{topic_source(payload['kind'], payload['run'], payload['node'])}".encode()
+        packed = pack(payload)
+        with self._lock:
+            self._send(topic, packed)
+
+    @property
+    def connected(self) -> bool:
+        """True once the broker's subscription has arrived on the current connection."""
+        with self._lock:
+            self._poll_subscriptions()
+            return self._open
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait (bounded) until the start-up backlog has gone to the socket; True if it has."""
+        deadline = time.monotonic() + (self.linger if timeout is None else timeout)
+        while True:
+            with self._lock:
+                self._poll_subscriptions()
+                if not self._backlog:
+                    return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._socket.poll(int(min(remaining, 0.05) * 1000) + 1, zmq.POLLIN)
+
+    def close(self) -> None:
+        """Send a last heartbeat and deliver what is queued (bounded by ``linger``)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._heartbeat(time.time())
+        self.flush()
+        with self._lock:
+            self._closed = True
+            self.dropped += len(self._backlog)
+            self._backlog.clear()
+            self._socket.close()  # LINGER bounds how long queued frames may take
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals (called with the lock held) --------------------------------------------
+
+    def _topic(self, kind: str) -> bytes:
+        topic = self._topics[kind] = f"{kind}/{topic_source(kind, self.run, self.node)}".encode()
+        return topic
+
+    def _send(self, topic: bytes, payload: bytes) -> None:
+        if not self._open:
+            self._poll_subscriptions()
+            if not self._open:
+                self._hold(topic, payload)
+                return
+        try:
+            self._socket.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
+            self._socket.send(payload, zmq.NOBLOCK)
+            self.sent += 1
+        except zmq.Again:
+            # XPUB_NODROP refuses at the HWM; counting is the whole point of using it.
+            self.dropped += 1
+
+    def _hold(self, topic: bytes, payload: bytes) -> None:
+        if len(self._backlog) >= self._backlog_max:
+            self.dropped += 1
+            return
+        self._backlog.append((topic, payload))
+
+    def _poll_subscriptions(self) -> None:
+        # Subscription frames are queued for us to read; each one is a (re)connection.
+        while True:
+            try:
+                frame = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frame[:1] == b"\x01":
+                self._open = True
+        if self._open and self._backlog:
+            backlog, self._backlog = self._backlog, collections.deque()
+            for topic, payload in backlog:
+                self._send(topic, payload)
+
+    def _await_subscription(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                return False
+            frame = self._socket.recv()
+            if frame[:1] == b"\x01":
+                return True
+
+    def _heartbeat(self, ts: float) -> None:
+        self._next_heartbeat = ts + self.heartbeat_interval
+        data = {"event": "heartbeat", "sent": self.sent, "dropped": self.dropped}
+        payload = {
+            "v": VERSION,
+            "kind": "event",
+            "run": self.run,
+            "node": self.node,
+            "pub": self.pub,
+            "seq": self._next_seq,
+            "ts": ts,
+            "step": None,
+            "data": data,
+        }
+        self._next_seq += 1
+        self._send(self._topics.get("event") or self._topic("event"), pack(payload))

@@ -1,0 +1,334 @@
+"""The subscriber loop that runs one sink, and the :class:`Sink` protocol itself.
+
+The loop subscribes to the sink's topic prefixes, drains messages in batches, decodes
+them, detects per-publisher ``seq`` gaps, hands batches to the sink, flushes on an
+interval, and on stop drains what is queued, flushes and closes. Frames that do not
+decode are counted and reported (rate-limited); they never stop the sink.
+
+Gaps and undecodable frames are also handed to the sink as ``bus`` messages
+(``data.event`` = ``gap`` / ``undecodable``) when the sink subscribes to ``bus/``, so the
+JSONL sink records where data is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import zmq
+
+from bus.message import CONTROL_PREFIX, MAX_PAYLOAD_BYTES, DecodeError, Message, decode
+
+log = logging.getLogger("metricbus.subscriber")
+
+#: How long the loop waits at most between looks at its stop flag and flush timer.
+_TICK = 0.1
+#: On stop, keep draining until the socket has been quiet this long (or the deadline).
+_DRAIN_QUIET = 0.25
+_DRAIN_DEADLINE = 5.0
+_REPORT_INTERVAL = 10.0
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What a sink implements. YAML options map one to one onto its constructor keywords."""
+
+    def handle(self, batch: Sequence[Message]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """Given to a sink whose constructor has a ``context`` parameter (e.g. to publish back)."""
+
+    name: str
+    frontend: str
+    backend: str
+    node: str
+    config: Any = None  # the whole bus.config.Config, when run from one
+    curve: Mapping[str, bytes] | None = None
+
+
+@dataclass
+class RunnerStats:
+    received: int = 0
+    delivered: int = 0
+    undecodable: int = 0
+    gaps: int = 0
+    missing: int = 0
+    sink_errors: int = 0
+    last_error: str = ""
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class SeqTracker:
+    """Expected next ``seq`` per publisher; reports the range a jump skipped."""
+
+    def __init__(self, known: Mapping[str, int] | None = None) -> None:
+        # known: last seq seen per publisher (e.g. recovered from files after a restart)
+        self._next: dict[str, int] = {pub: seq + 1 for pub, seq in (known or {}).items()}
+
+    def observe(self, pub: str, seq: int) -> tuple[int, int] | None:
+        """(first, last) missing seq when ``seq`` jumps ahead, else None."""
+        expected = self._next.get(pub)
+        self._next[pub] = seq + 1
+        if expected is None or seq <= expected - 1 or seq == expected:
+            # new publisher, or a replay / duplicate: nothing we can call lost
+            return None
+        return expected, seq - 1
+
+
+class _Reporter:
+    """Logs a kind of problem once, then at most every ``_REPORT_INTERVAL`` seconds with a count."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._last: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+
+    def report(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        self._pending[kind] = self._pending.get(kind, 0) + 1
+        if now - self._last.get(kind, -1e9) >= _REPORT_INTERVAL:
+            count = self._pending.pop(kind)
+            self._last[kind] = now
+            suffix = f" ({count} since last report)" if count > 1 else ""
+            log.warning("sink %s: %s: %s%s", self.name, kind, text, suffix)
+
+
+def probe_topic(token: str) -> bytes:
+    return CONTROL_PREFIX + b"probe/" + token.encode()
+
+
+class SinkRunner:
+    """Runs ``sink`` against the broker's backend until :meth:`stop` (or a signal) is called."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        name: str,
+        backend: str,
+        frontend: str | None = None,
+        topics: Sequence[str] = ("",),
+        batch_size: int = 1000,
+        flush_interval: float = 0.2,
+        queue: int = 1_000_000,
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+        catch: bool = True,
+        known_seqs: Mapping[str, int] | None = None,
+        curve: Mapping[str, bytes] | None = None,
+        node: str | None = None,
+    ) -> None:
+        self.sink = sink
+        self.name = name
+        self.backend = backend
+        self.frontend = frontend
+        self.topics = tuple(topics)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.queue = queue
+        self.max_bytes = max_bytes
+        self.catch = catch
+        self.curve = curve
+        self.node = node or socket.gethostname()
+        self.stats = RunnerStats()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        last = known_seqs
+        if last is None:
+            last_seen = getattr(sink, "last_seen", None)
+            last = last_seen() if callable(last_seen) else None
+        self._tracker = SeqTracker(last)
+        self._reporter = _Reporter(name)
+        self._wants_bus = any("bus/".startswith(t) or t.startswith("bus/") for t in self.topics)
+        self._pub_id = f"{self.node}:{os.getpid()}:sink-{name}"
+        self._own_seq = 0
+        self._undecodable_since_note = 0
+        self._last_undecodable_note = 0.0
+        self._last_error = ""
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> RunnerStats:
+        context = zmq.Context()
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, self.queue)
+        sub.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            sub.curve_secretkey = self.curve["secret"]
+            sub.curve_publickey = self.curve["public"]
+            sub.curve_serverkey = self.curve["server"]
+        for topic in self.topics:
+            sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        token = uuid.uuid4().hex
+        sub.setsockopt(zmq.SUBSCRIBE, probe_topic(token))
+        sub.connect(self.backend)
+        pending: list[Message] = []
+        try:
+            if self.frontend:
+                self._probe(context, sub, token, pending)
+            self.ready.set()
+            if on_ready:
+                on_ready()
+            next_flush = time.monotonic() + self.flush_interval
+            while not self._stop.is_set():
+                timeout = max(0.0, min(_TICK, next_flush - time.monotonic()))
+                if pending or sub.poll(int(timeout * 1000), zmq.POLLIN):
+                    self._drain(sub, pending)
+                    self._deliver(pending)
+                if time.monotonic() >= next_flush:
+                    self._call("flush", self.sink.flush)
+                    next_flush = time.monotonic() + self.flush_interval
+            self._final_drain(sub, pending)
+        finally:
+            self._call("flush", self.sink.flush)
+            self._call("close", self.sink.close)
+            sub.close(linger=0)
+            context.term()
+            log.info(
+                "sink %s: stopped; received=%d undecodable=%d gaps=%d missing=%d sink_errors=%d",
+                self.name, self.stats.received, self.stats.undecodable, self.stats.gaps,
+                self.stats.missing, self.stats.sink_errors,
+            )  # fmt: skip
+        return self.stats
+
+    def _probe(self, context: zmq.Context[Any], sub: zmq.Socket[Any], token: str, pending: list[Message]) -> None:
+        """Publish probes until one comes back: then our subscription is live at the broker."""
+        assert self.frontend is not None
+        probe = context.socket(zmq.XPUB)
+        probe.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            probe.curve_secretkey = self.curve["secret"]
+            probe.curve_publickey = self.curve["public"]
+            probe.curve_serverkey = self.curve["server"]
+        probe.connect(self.frontend)
+        topic = probe_topic(token)
+        deadline = time.monotonic() + 30.0
+        try:
+            while time.monotonic() < deadline and not self._stop.is_set():
+                # XPUB without NODROP never blocks: a probe sent before the path is open just vanishes
+                probe.send_multipart([topic, b""], zmq.NOBLOCK)
+                if sub.poll(50, zmq.POLLIN) and self._drain(sub, pending, probe=topic):
+                    return
+            log.warning("sink %s: no probe came back through %s within 30 s; running anyway", self.name, self.frontend)
+        finally:
+            probe.close(linger=0)
+
+    def _drain(self, sub: zmq.Socket[Any], pending: list[Message], probe: bytes | None = None) -> bool:
+        """Receive up to a batch without blocking; True if ``probe`` was among the frames."""
+        saw_probe = False
+        recv = sub.recv_multipart
+        while len(pending) < self.batch_size:
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frames[0][:1] == CONTROL_PREFIX:
+                saw_probe = saw_probe or frames[0] == probe
+                continue
+            self.stats.received += 1
+            try:
+                message = decode(frames, self.max_bytes)
+            except DecodeError as exc:
+                self._undecodable(str(exc), pending)
+                continue
+            gap = self._tracker.observe(message.pub, message.seq)
+            if gap is not None:
+                self._gap(message, gap, pending)
+            pending.append(message)
+        return saw_probe
+
+    def _final_drain(self, sub: zmq.Socket[Any], pending: list[Message]) -> None:
+        deadline = time.monotonic() + _DRAIN_DEADLINE
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if sub.poll(int(_DRAIN_QUIET * 200), zmq.POLLIN):
+                self._drain(sub, pending)
+                self._deliver(pending)
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= _DRAIN_QUIET:
+                break
+        self._deliver(pending)
+
+    def _deliver(self, pending: list[Message]) -> None:
+        if not pending:
+            return
+        batch = pending.copy()
+        pending.clear()
+        if self._call("handle", self.sink.handle, batch):
+            self.stats.delivered += len(batch)
+
+    def _call(self, what: str, fn: Callable[..., None], *args: Any) -> bool:
+        if not self.catch:
+            fn(*args)
+            return True
+        try:
+            fn(*args)
+            return True
+        except Exception as exc:
+            # A broken sink must not take the loop down: count, report, go on.
+            self.stats.sink_errors += 1
+            kind = f"{what} raised {type(exc).__name__}"
+            self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
+            self.stats.last_error = f"{kind}: {exc}"
+            self._reporter.report(kind, f"{exc} (errors so far: {self.stats.sink_errors})")
+            return False
+
+    # -- bus notes: gaps and undecodable frames ---------------------------------------------
+
+    def _gap(self, message: Message, gap: tuple[int, int], pending: list[Message]) -> None:
+        first, last = gap
+        missing = last - first + 1
+        self.stats.gaps += 1
+        self.stats.missing += missing
+        self._reporter.report(
+            "seq gap", f"publisher {message.pub} (run {message.run}) skipped seq {first}..{last} ({missing} lost)"
+        )
+        note = {"event": "gap", "of_pub": message.pub, "first": first, "last": last, "missing": missing}
+        self._note(message.run, message.node, note, pending)
+
+    def _undecodable(self, error: str, pending: list[Message]) -> None:
+        self.stats.undecodable += 1
+        self._undecodable_since_note += 1
+        self._reporter.report("undecodable frame", error)
+        now = time.monotonic()
+        if now - self._last_undecodable_note >= 1.0:
+            note = {
+                "event": "undecodable",
+                "count": self._undecodable_since_note,
+                "total": self.stats.undecodable,
+                "error": error[:500],
+            }
+            self._note(None, self.node, note, pending)
+            self._undecodable_since_note = 0
+            self._last_undecodable_note = now
+
+    def _note(self, run: str | None, node: str, data: dict[str, Any], pending: list[Message]) -> None:
+        if not self._wants_bus:
+            return
+        pending.append(Message("bus", run, node, self._pub_id, self._own_seq, time.time(), None, data))
+        self._own_seq += 1
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One plain line per record on stderr, as child processes of the supervisor use."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )

@@ -1,0 +1,153 @@
+"""Finds a sink class by the ``type`` a config gives it, importing lazily.
+
+Order: a built-in name, then ``package.module:Class``, then a name registered under the
+entry-point group ``metricbus.sinks``. Only the chosen sink's module is imported, so a
+config that uses JSONL alone never imports Dash or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from importlib import metadata
+from typing import Any, Final, Union
+
+ENTRY_POINT_GROUP: Final = "metricbus.sinks"
+
+#: Built-in sinks: name -> "module:Class".
+BUILTINS: Final[dict[str, str]] = {
+    "jsonl": "sinks.jsonl:JsonlSink",
+    "alerts": "alerts.engine:AlertEngine",
+    "dashboard": "sinks.dashboard.sink:DashboardSink",
+    "tensorboard": "sinks.tensorboard:TensorBoardSink",
+    "prometheus": "sinks.prometheus:PrometheusSink",
+    "csv": "sinks.csvfile:CsvSink",
+    "console": "sinks.console:ConsoleSink",
+}
+
+#: A constructor parameter with this name receives the runner's :class:`bus.subscriber.SinkContext`
+#: instead of a YAML option.
+CONTEXT_PARAMETER: Final = "context"
+
+
+def _load(target: str, type_name: str) -> type:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LookupError(f"sink type {type_name!r}: cannot import {module_name!r}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise LookupError(f"sink type {type_name!r}: module {module_name!r} has no {attr!r}") from None
+    if not isinstance(obj, type):
+        raise LookupError(f"sink type {type_name!r}: {target} is not a class")
+    return obj
+
+
+def entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def resolve(type_name: str) -> type:
+    """The sink class for ``type_name``; :class:`LookupError` lists the known names."""
+    if type_name in BUILTINS:
+        return _load(BUILTINS[type_name], type_name)
+    if ":" in type_name:
+        return _load(type_name, type_name)
+    plugins = entry_points()
+    if type_name in plugins:
+        return _load(plugins[type_name].value, type_name)
+    known = sorted(BUILTINS) + sorted(plugins)
+    raise LookupError(f"unknown sink type {type_name!r}; known: {', '.join(known)}, or module:Class")
+
+
+def options_of(cls: type) -> dict[str, inspect.Parameter]:
+    """The constructor keywords a YAML entry may set (the runner's context excluded)."""
+    params = inspect.signature(cls).parameters
+    return {
+        name: p
+        for name, p in params.items()
+        if name != CONTEXT_PARAMETER and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def check_options(cls: type, options: dict[str, Any]) -> str | None:
+    """What is wrong with ``options`` for ``cls``, or None."""
+    accepted = options_of(cls)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    names = ", ".join(accepted) or "none"
+    for key in options:
+        if key not in accepted and not takes_any:
+            return f"option {key!r} is not accepted by {cls.__name__} (accepted: {names})"
+    for name, p in accepted.items():
+        if p.default is p.empty and name not in options:
+            return f"option {name!r} is required by {cls.__name__} (accepted: {names})"
+    hints = _hints(cls)
+    for key, value in options.items():
+        expected = hints.get(key)
+        if expected is not None and not _matches(value, expected):
+            return f"option {key!r} of {cls.__name__}: expected {_describe(expected)}, got {value!r}"
+    return None
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    except Exception:  # unresolvable annotations just mean no type check
+        return {}
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin is not None:
+        expected = origin
+    if not isinstance(expected, type):
+        return True
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected in (tuple, list, typing.Sequence):
+        return isinstance(value, list | tuple)
+    try:
+        return isinstance(value, expected)
+    except TypeError:
+        return True
+
+
+def _describe(expected: Any) -> str:
+    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+
+
+def describe_all() -> list[tuple[str, str, dict[str, str]]]:
+    """(name, target, {option: default}) for every built-in and installed sink, for ``metricbus sinks``."""
+    rows: list[tuple[str, str, dict[str, str]]] = []
+    targets = dict(BUILTINS)
+    targets.update({name: ep.value for name, ep in entry_points().items() if name not in BUILTINS})
+    for name, target in targets.items():
+        try:
+            cls = resolve(name)
+        except LookupError as exc:
+            rows.append((name, target, {"<unavailable>": str(exc)}))
+            continue
+        options = {opt: ("required" if p.default is p.empty else repr(p.default)) for opt, p in options_of(cls).items()}
+        rows.append((name, target, options))
+    return rows
+
+
+def create(sink_config: Any, context: Any = None) -> Any:
+    """An instance of the sink a :class:`bus.config.SinkConfig` describes."""
+    cls = resolve(sink_config.type)
+    options = dict(sink_config.options)
+    if CONTEXT_PARAMETER in inspect.signature(cls).parameters:
+        options[CONTEXT_PARAMETER] = context
+    return cls(**options)

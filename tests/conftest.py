@@ -1,0 +1,30 @@
+"""Fixtures shared by all tests; helpers live in ``support.py`` (importable as ``support``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import Stack
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[type[Stack]]:
+    """Make stacks with ``stack_factory(tmp_path, sinks=...)``; any left running are stopped."""
+    made: list[Stack] = []
+
+    class _Tracked(Stack):
+        def start(self, timeout: float = 60.0) -> Stack:
+            made.append(self)
+            return super().start(timeout)
+
+    yield _Tracked
+    for stack in made:
+        stack.stop()
+
+
+@pytest.fixture
+def stack(stack_factory: type[Stack], tmp_path: Path) -> Stack:
+    """A running ``metricbus up`` with one JSONL sink under ``tmp_path/logs``."""
+    return stack_factory(tmp_path).start()
