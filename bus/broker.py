@@ -48,8 +48,13 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, curve: Mapping[str, Any] | None = None) -> None:
         self.config = config
-        self.curve = curve  # {"secret": bytes, "public": bytes, "authenticator": callable} from bus.security
+        self.curve = curve  # {"secret", "public", "authenticator": bus.security.KeyGate} from bus.security
         self._context = zmq.Context()
+        # ZAP runs in the sockets' own context, and before any bind: a CURVE socket with no
+        # handler in its context would let every key in.
+        self._authenticator = curve.get("authenticator") if curve else None
+        if self._authenticator is not None:
+            self._authenticator.start(self._context)
         self._control_url = f"inproc://broker-control-{id(self)}"
         self._control = self._context.socket(zmq.PAIR)
         self._control.bind(self._control_url)
@@ -97,6 +102,8 @@ class Broker:
 
     def _close(self) -> None:
         self._control.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()
 
     def _apply_curve(self, sock: zmq.Socket[Any]) -> None:
@@ -165,7 +172,9 @@ def run_broker(
         while not stop.wait(config.stats_interval):
             stats = broker.stats()
             if stats is not None:
-                publisher.publish("bus", {"event": "broker_stats", **stats.__dict__})
+                auth = curve.get("authenticator") if curve else None
+                extra = auth.counts() if auth is not None else {}
+                publisher.publish("bus", {"event": "broker_stats", **stats.__dict__, **extra})
     finally:
         if publisher is not None:
             publisher.close()

@@ -122,8 +122,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if endpoint is None:
         endpoint = load_config(args.config).broker.connect_backend if args.config else defaults.subscriber_endpoint()
     stop = stop_on_signals()
-    sink = ConsoleSink(max_fields=args.fields)
-    runner = SinkRunner(sink, name="tail", backend=endpoint, topics=args.prefixes or [""], flush_interval=0.1)
+    sink = ConsoleSink(max_fields=args.fields, mode="table" if args.table else "lines", refresh=args.refresh)
+    from bus.security import default_client_curve  # CURVE keys from the env or $METRICBUS_CONFIG
+
+    runner = SinkRunner(
+        sink,
+        name="tail",
+        backend=endpoint,
+        topics=args.prefixes or [""],
+        flush_interval=0.1,
+        curve=default_client_curve(),
+    )
     _stop_runner_on(stop, runner)
     runner.run()
     return 0
@@ -154,10 +163,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_sinks(args: argparse.Namespace) -> int:
     from sinks.registry import describe_all
 
-    for name, target, options in describe_all():
-        print(f"{name}  ({target})")
-        for option, default in options.items():
-            print(f"    {option} = {default}")
+    for info in describe_all():
+        print(f"{info.name}  [{info.origin}] {info.target}")
+        print(f"    {info.summary}")
+        for option, kind, default in info.options:
+            print(f"    {option}: {kind} = {default}")
+    print("type: a name above, or module:Class; options are the YAML keys beside type/topics/batch_size/...")
     return 0
 
 
@@ -203,10 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_option(p)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
 
-    p = command("tail", cmd_tail, "print live messages, one line each")
+    p = command("tail", cmd_tail, "print live messages, one line each (or a refreshing table per run)")
     p.add_argument("prefixes", nargs="*", metavar="PREFIX", help="topic prefixes such as metrics/ or episode/ppo-1")
     p.add_argument("--endpoint", help="broker backend (default: $METRICBUS_BACKEND or the config's)")
-    p.add_argument("--fields", type=int, default=12, help="at most this many fields per line")
+    p.add_argument("--fields", type=int, default=12, help="at most this many fields per line (or rows per run)")
+    p.add_argument("--table", action="store_true", help="latest value of each metric, one table per run")
+    p.add_argument("--refresh", type=float, default=1.0, help="seconds between table redraws (default 1)")
     config_option(p)
 
     p = command("check", cmd_check, "validate a config without starting anything")
@@ -248,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bus.subscriber import configure_logging
 
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    if isinstance(getattr(args, "config", None), str):
+        # Publishers this process makes (the sampler's, a sink's alerts) then find the
+        # config's endpoint and CURVE keys the way a training script does.
+        os.environ[defaults.ENV_CONFIG] = str(Path(args.config).resolve())
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

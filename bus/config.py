@@ -35,10 +35,18 @@ def default_config_path() -> Path:
 
 @dataclass(frozen=True)
 class CurveConfig:
-    """CURVE keys for the broker (server side); filled in by the security options."""
+    """CURVE key files (absolute paths), for either end of the bus; see ``bus.security``.
 
-    server_secret_file: str
-    authorized_dir: str
+    The broker needs ``server_secret_file`` and ``authorized_dir`` (the clients' public
+    keys it lets in). A client (publisher, sampler, sink) needs its own
+    ``client_secret_file`` and the broker's ``server_public_file``; on the broker's own
+    node, clients without a pair of their own use the server's pair.
+    """
+
+    server_secret_file: str | None = None
+    authorized_dir: str | None = None
+    client_secret_file: str | None = None
+    server_public_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ def _typed(section: Mapping[str, Any], key: str, kind: type | tuple[type, ...], 
     # bool is an int in Python; a YAML `yes` where a number belongs is still a mistake.
     if isinstance(value, bool) and bool not in kinds:
         raise (where / key).error(_type_names(kinds), value)
-    if not isinstance(value, kinds):
+    if not isinstance(value, kinds) and not (float in kinds and isinstance(value, int)):
         raise (where / key).error(_type_names(kinds), value)
     if float in kinds and isinstance(value, int):
         return float(value)
@@ -169,7 +177,7 @@ def _endpoint(value: str, where: _Where) -> str:
     return value
 
 
-def _broker(raw: object, where: _Where) -> BrokerConfig:
+def _broker(raw: object, where: _Where, base: Path) -> BrokerConfig:
     section = _mapping(raw, where)
     allowed = ("frontend", "backend", "hwm", "max_message_bytes", "stats_interval", "insecure", "curve")
     _no_unknown(section, allowed, where)
@@ -177,16 +185,10 @@ def _broker(raw: object, where: _Where) -> BrokerConfig:
     curve_raw = section.get("curve")
     curve = None
     if curve_raw is not None:
-        c = _mapping(curve_raw, where / "curve")
-        _no_unknown(c, ("server_secret_file", "authorized_dir"), where / "curve")
-        for key in ("server_secret_file", "authorized_dir"):
-            if key not in c:
-                raise (where / "curve" / key).error("a path (required)")
-        curve = CurveConfig(
-            server_secret_file=_typed(c, "server_secret_file", str, "", where / "curve"),
-            authorized_dir=_typed(c, "authorized_dir", str, "", where / "curve"),
-        )
-    return BrokerConfig(
+        from bus.security import parse_curve  # late: bus.security imports this module
+
+        curve = parse_curve(_mapping(curve_raw, where / "curve"), where / "curve", base)
+    broker = BrokerConfig(
         frontend=_endpoint(_typed(section, "frontend", str, d.frontend, where), where / "frontend"),
         backend=_endpoint(_typed(section, "backend", str, d.backend, where), where / "backend"),
         hwm=int(_positive(_typed(section, "hwm", int, d.hwm, where), where / "hwm")),
@@ -201,9 +203,13 @@ def _broker(raw: object, where: _Where) -> BrokerConfig:
         insecure=_typed(section, "insecure", bool, d.insecure, where),
         curve=curve,
     )
+    from bus.security import check_exposure
+
+    check_exposure(broker, where)
+    return broker
 
 
-def _sink(name: str, raw: object, where: _Where) -> SinkConfig:
+def _sink(name: str, raw: object, where: _Where, base_dir: Path) -> SinkConfig:
     if not _NAME.fullmatch(name):
         raise where.error(f"a sink name matching {_NAME.pattern}", name)
     section = _mapping(raw, where)
@@ -229,10 +235,19 @@ def _sink(name: str, raw: object, where: _Where) -> SinkConfig:
     try:
         cls = resolve(sink_type)
     except LookupError as exc:
-        raise (where / "type").error(str(exc)) from None
+        raise ConfigError(f"{where.file}: {where.path}.type: {exc}") from None
     problem = check_options(cls, options)
     if problem:
-        raise where.error(problem)
+        # e.g. "my.yaml: sinks.losses.x: option 'x' is not accepted by PrintLosses (accepted: key)";
+        # the registry's text starts "option 'name'", so the key path can point at the option.
+        match = re.match(r"option '([^']+)'", problem)
+        at = where / match[1] if match and match[1] in options else where
+        raise ConfigError(f"{at.file}: {at.path}: {problem}")
+    # Optional deeper check a sink class may offer (the alerts engine parses its rule files
+    # here), so that `metricbus check` and load_config fail on what the signature cannot see.
+    validate = getattr(cls, "validate_options", None)
+    if callable(validate):
+        validate(options, where.file, where.path, base_dir)  # raises ConfigError naming the key path
     return sink
 
 
@@ -253,10 +268,11 @@ def parse_config(data: object, file: str = "<config>", path: Path | None = None)
     top = _mapping(data, where)
     _no_unknown(top, ("broker", "sinks", "sampler", "alerts"), where)
     sinks_raw = _mapping(top.get("sinks"), where / "sinks")
-    sinks = {str(name): _sink(str(name), raw, where / "sinks" / name) for name, raw in sinks_raw.items()}
+    base_dir = path.parent if path else Path.cwd()
+    sinks = {str(name): _sink(str(name), raw, where / "sinks" / name, base_dir) for name, raw in sinks_raw.items()}
     return Config(
         path=path,
-        broker=_broker(top.get("broker"), where / "broker"),
+        broker=_broker(top.get("broker"), where / "broker", path.parent if path else Path.cwd()),
         sinks=sinks,
         sampler=_sampler(top.get("sampler"), where / "sampler"),
         alerts=_mapping(top.get("alerts"), where / "alerts"),

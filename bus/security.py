@@ -1,21 +1,311 @@
-"""CURVE keys for the broker and its clients (ZeroMQ's "Ironhouse" pattern)."""
+"""CURVE encryption and authentication for a bus that spans nodes (ZeroMQ's "Ironhouse").
+
+The broker holds a server key pair and a directory of the client public keys it lets in;
+ZeroMQ's own ZAP authenticator (``zmq.auth``) runs in the broker's context and checks
+every connection, on the frontend (publishers) and the backend (sinks) alike. A client
+holds its own key pair and the broker's public key, from the config or from the
+environment, so a training script on a worker node needs no code change:
+
+``METRICBUS_CURVE_SECRET_FILE``  the client's secret key file (``NAME.key_secret``)
+``METRICBUS_CURVE_SERVER_KEY``   the broker's public key file (``broker.key``)
+
+Key files are the certificate files ``zmq.auth`` writes and reads; ``metricbus keys NAME``
+makes a pair. Nothing here is needed on loopback, where the default config lives.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import ipaddress
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
-from bus.config import Config
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from bus import defaults
+from bus.config import BrokerConfig, Config, ConfigError, CurveConfig
+
+if TYPE_CHECKING:
+    from bus.config import _Where
+
+log = logging.getLogger("metricbus.security")
+
+ENV_SECRET_FILE: Final = "METRICBUS_CURVE_SECRET_FILE"
+ENV_SERVER_KEY: Final = "METRICBUS_CURVE_SERVER_KEY"
+_CURVE_KEYS: Final = ("server_secret_file", "authorized_dir", "client_secret_file", "server_public_file")
+_LOCAL_HOSTS: Final = frozenset({"localhost", "lo", "ip6-localhost"})
+
+
+# -- key files ------------------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``metricbus keys NAME [--dir DIR]``: write ``DIR/NAME.key`` and ``DIR/NAME.key_secret``."""
+    directory = Path(args.dir)
+    name = str(args.name)
+    if not name or "/" in name or name.startswith("."):
+        print(f"metricbus: keys: {name!r} is not a usable key name (no '/', no leading '.')", flush=True)
+        return 2
+    public_file = directory / f"{name}.key"
+    secret_file = directory / f"{name}.key_secret"
+    for existing in (public_file, secret_file):
+        if existing.exists():
+            print(f"metricbus: keys: {existing} exists; remove it first to make a new pair", flush=True)
+            return 1
+    directory.mkdir(parents=True, exist_ok=True)
+    old_umask = os.umask(0o077)  # the secret file must never be readable by others, not even briefly
+    try:
+        zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(old_umask)
+    public_file.chmod(0o644)
+    print(f"public key  {public_file}  (copy this one; it is not a secret)")
+    print(f"secret key  {secret_file}  (stays on the node that uses it)")
+    print(
+        "broker: name its pair as broker.curve.server_secret_file, and copy each client's .key "
+        "into broker.curve.authorized_dir;\nclient: set METRICBUS_CURVE_SECRET_FILE to its .key_secret "
+        "and METRICBUS_CURVE_SERVER_KEY to the broker's .key"
+    )
+    return 0
+
+
+def _load_pair(path: str, what: str) -> tuple[bytes, bytes]:
+    public, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise ValueError(f"{path} holds no secret key; {what} needs the .key_secret file")
+    return public, secret
+
+
+def _load_public(path: str) -> bytes:
+    public, _ = zmq.auth.load_certificate(path)
+    return public
+
+
+def parse_curve(section: Mapping[str, Any], where: _Where, base: Path) -> CurveConfig:
+    """The ``broker.curve`` section, with every path resolved and every key file read once."""
+    for key in section:
+        if key not in _CURVE_KEYS:
+            raise (where / key).error(f"one of the keys {', '.join(_CURVE_KEYS)} (unknown key)")
+    paths: dict[str, str | None] = {}
+    for key in _CURVE_KEYS:
+        value = section.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise (where / key).error("a file path", value)
+        paths[key] = str((base / Path(value).expanduser()).resolve()) if value else None
+    server = paths["server_secret_file"], paths["authorized_dir"]
+    client = paths["client_secret_file"], paths["server_public_file"]
+    for (a, b), names in ((server, _CURVE_KEYS[:2]), (client, _CURVE_KEYS[2:])):
+        if (a is None) != (b is None):
+            missing = names[1] if b is None else names[0]
+            raise (where / missing).error(f"a path: {names[0]} and {names[1]} go together")
+    if server == (None, None) and client == (None, None):
+        raise where.error(
+            "server_secret_file and authorized_dir (the broker's node) "
+            "or client_secret_file and server_public_file (other nodes)"
+        )
+    checks: list[tuple[str, str, str]] = [
+        ("server_secret_file", "pair", "the broker"),
+        ("client_secret_file", "pair", "a client"),
+        ("server_public_file", "public", ""),
+    ]
+    for key, kind, who in checks:
+        path = paths[key]
+        if path is None:
+            continue
+        try:
+            _load_pair(path, who) if kind == "pair" else _load_public(path)
+        except (OSError, ValueError) as exc:
+            made_by = "`metricbus keys NAME`"
+            raise (where / key).error(f"a CURVE key file made by {made_by} ({exc})", section[key]) from None
+    authorized = paths["authorized_dir"]
+    if authorized is not None and not Path(authorized).is_dir():
+        raise (where / "authorized_dir").error(
+            "a directory holding the clients' public .key files", section["authorized_dir"]
+        )
+    return CurveConfig(**paths)
+
+
+# -- exposure -------------------------------------------------------------------------------
+
+
+def is_local(endpoint: str) -> bool:
+    """True for an endpoint only this host can reach: loopback TCP, ipc, inproc."""
+    transport, _, rest = endpoint.partition("://")
+    if transport != "tcp":
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host in _LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name or a host name: assume reachable from elsewhere
+        return False
+
+
+def check_exposure(broker: BrokerConfig, where: _Where) -> None:
+    """Refuse a non-loopback endpoint without CURVE, unless ``insecure: true`` says it is meant."""
+    if broker.curve is not None or broker.insecure:
+        return
+    for key, endpoint in (("frontend", broker.frontend), ("backend", broker.backend)):
+        if not is_local(endpoint):
+            raise (where / key).error(
+                "a loopback address unless CURVE is configured: set broker.curve (see `metricbus keys`) "
+                "or, to send metrics unencrypted and unauthenticated on purpose, broker.insecure: true",
+                endpoint,
+            )
+
+
+# -- the broker side ------------------------------------------------------------------------
+
+
+class KeyGate:
+    """Decides, per connection, whether a client's public key may in; counts the answers.
+
+    ZeroMQ's authenticator calls :meth:`callback` once per handshake (not per message),
+    so the directory is re-read whenever it changes: a key copied into ``authorized_dir``
+    lets its client in on the next connection, with no restart.
+    """
+
+    def __init__(self, authorized_dir: str, server_public: bytes) -> None:
+        self.authorized_dir = authorized_dir
+        self.allowed = 0
+        self.denied = 0
+        self._own = z85.encode(server_public) if len(server_public) == 32 else server_public
+        self._keys: dict[bytes, bool] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self._logged: set[bytes] = set()
+        self._auth: ThreadAuthenticator | None = None
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        with self._lock:
+            ok = client_key == self._own or client_key in self._current_keys()
+            if ok:
+                self.allowed += 1
+            else:
+                self.denied += 1
+                if client_key not in self._logged and len(self._logged) < 1000:
+                    self._logged.add(client_key)  # once per key: a client retrying must not flood the log
+                    log.warning(
+                        "refused a client whose public key %s is not in %s", client_key.decode(), self.authorized_dir
+                    )
+            return ok
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"auth_allowed": self.allowed, "auth_denied": self.denied}
+
+    def start(self, context: zmq.Context[Any]) -> None:
+        """Run ZeroMQ's ZAP handler in ``context`` (it must be the server sockets' context)."""
+        auth = ThreadAuthenticator(context, log=logging.getLogger("metricbus.zap"))
+        auth.start()
+        auth.configure_curve_callback("*", credentials_provider=self)
+        self._auth = auth
+
+    def stop(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    def _current_keys(self) -> dict[bytes, bool]:
+        try:
+            st = os.stat(self.authorized_dir)
+            stamp = (st.st_mtime_ns, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp != self._stamp or stamp is None:
+            try:
+                self._keys = zmq.auth.load_certificates(self.authorized_dir)
+            except OSError as exc:
+                log.error("cannot read authorised keys from %s: %s; letting no client in", self.authorized_dir, exc)
+                self._keys = {}
+            self._stamp = stamp
+        return self._keys
 
 
 def broker_curve(config: Config) -> dict[str, Any] | None:
-    """The broker's CURVE server keys, or None when the config enables no CURVE."""
-    if config.broker.curve is None:
+    """The broker's CURVE keys and its :class:`KeyGate`, or None when CURVE is off.
+
+    Also where an insecure non-loopback broker is announced, since every broker start
+    passes here.
+    """
+    broker = config.broker
+    curve = broker.curve
+    if curve is None:
+        exposed = [e for e in (broker.frontend, broker.backend) if not is_local(e)]
+        if exposed:
+            log.warning(
+                "broker.insecure: true: binding %s WITHOUT encryption or authentication; anyone who can reach "
+                "it can read and inject metrics (see `metricbus keys` and the README's 'Several nodes')",
+                " and ".join(exposed),
+            )
         return None
-    raise NotImplementedError("CURVE support lands with the security issue")
+    if curve.server_secret_file is None or curve.authorized_dir is None:
+        where = f"{config.path or '<config>'}: broker.curve"
+        raise ConfigError(
+            f"{where}: expected server_secret_file and authorized_dir to run the broker "
+            "(this config only has a client's keys)"
+        )
+    public, secret = _load_pair(curve.server_secret_file, "the broker")
+    return {"secret": secret, "public": public, "authenticator": KeyGate(curve.authorized_dir, public)}
+
+
+# -- the client side ------------------------------------------------------------------------
 
 
 def client_curve(config: Config) -> dict[str, bytes] | None:
-    """A client's CURVE keys (own pair and the server's public key), or None."""
-    if config.broker.curve is None:
+    """A client's keys from ``config`` (its own pair and the server's public key), or None.
+
+    On the broker's node a config may name only the server's pair: its clients then use
+    it (the broker always lets its own key in).
+    """
+    curve = config.broker.curve
+    if curve is None:
         return None
-    raise NotImplementedError("CURVE support lands with the security issue")
+    if curve.client_secret_file is not None and curve.server_public_file is not None:
+        public, secret = _load_pair(curve.client_secret_file, "a client")
+        return {"secret": secret, "public": public, "server": _load_public(curve.server_public_file)}
+    assert curve.server_secret_file is not None  # parse_curve guarantees one pair or the other
+    public, secret = _load_pair(curve.server_secret_file, "the broker")
+    return {"secret": secret, "public": public, "server": public}
+
+
+def env_curve() -> dict[str, bytes] | None:
+    """A client's keys from ``METRICBUS_CURVE_SECRET_FILE`` and ``METRICBUS_CURVE_SERVER_KEY``."""
+    secret_file = os.environ.get(ENV_SECRET_FILE)
+    server_file = os.environ.get(ENV_SERVER_KEY)
+    if not secret_file and not server_file:
+        return None
+    if not secret_file or not server_file:
+        missing = ENV_SERVER_KEY if secret_file else ENV_SECRET_FILE
+        given = ENV_SECRET_FILE if secret_file else ENV_SERVER_KEY
+        raise ConfigError(f"{given} is set but {missing} is not; CURVE needs both")
+    try:
+        public, secret = _load_pair(secret_file, "a client")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{ENV_SECRET_FILE}={secret_file}: not a CURVE secret key file ({exc})") from None
+    try:
+        server = _load_public(server_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{ENV_SERVER_KEY}={server_file}: not a CURVE public key file ({exc})") from None
+    return {"secret": secret, "public": public, "server": server}
+
+
+def default_client_curve() -> dict[str, bytes] | None:
+    """What a publisher given no keys uses: the environment's, else ``METRICBUS_CONFIG``'s."""
+    keys = env_curve()
+    if keys is not None:
+        return keys
+    path = os.environ.get(defaults.ENV_CONFIG)
+    if path:
+        from bus.config import load_config
+
+        return client_curve(load_config(path))
+    return None

@@ -21,11 +21,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from bus.message import Message
+from bus.message import VERSION, Message
+from bus.subscriber import SinkContext
+from sinks.disk_alarm import WriteAlarm
 
 log = logging.getLogger("metricbus.jsonl")
 
@@ -41,7 +43,29 @@ NODES_DIR: Final = "_nodes"
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
 #: Bytes read from the end of each file on start to recover the last seq per publisher.
 _TAIL_BYTES: Final = 256 * 1024
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode
+_MAX_ROUTES: Final = 65536
+
+
+def _value_encoder() -> Callable[[Any], str]:
+    """JSON text of one value, compact, NaN/±Inf as ``NaN``/``Infinity``.
+
+    Calls the C encoder directly when the interpreter has it: ``JSONEncoder.encode`` builds
+    a new one for every call, which costs as much as encoding a small map. There is no
+    circular-reference check: decoded payloads are trees by construction.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    iterencode = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(iterencode(value, 0))
+
+    return encode
+
+
+_encode_value = _value_encoder()
 
 
 def safe_name(name: str) -> str:
@@ -62,6 +86,13 @@ def rotated_name(path: Path, index: int) -> Path:
     return path.with_name(f"{path.stem}.{index:06d}{path.suffix}")
 
 
+def _rotation_index(candidate: Path, current: Path) -> int:
+    """The index of ``candidate`` if it is a rotated file of ``current``, else 0."""
+    name, stem = candidate.name, current.stem + "."
+    middle = name[len(stem) : -len(current.suffix)] if name.startswith(stem) and name.endswith(current.suffix) else ""
+    return int(middle) if len(middle) == 6 and middle.isdigit() else 0
+
+
 class _File:
     """One open JSONL file with its pending whole lines."""
 
@@ -70,7 +101,8 @@ class _File:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # Read access too: a torn tail left by a killed writer is found by reading the end.
+        self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self.size = _drop_torn_tail(self.fd)
         self.lines: list[str] = []
         self.pending_bytes = 0
@@ -79,16 +111,18 @@ class _File:
 def _drop_torn_tail(fd: int) -> int:
     """Truncate a partial last line left by a killed writer; returns the file size."""
     size = os.fstat(fd).st_size
-    if size == 0:
-        return 0
-    with os.fdopen(os.dup(fd), "rb") as f:
-        start = max(0, size - _TAIL_BYTES)
-        f.seek(start)
-        tail = f.read()
-    if tail.endswith(b"\n"):
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return size
-    cut = tail.rfind(b"\n")
-    new_size = start + cut + 1 if cut >= 0 else start
+    # Walk back chunk by chunk: a torn line may be longer than one chunk (payloads up to 1 MiB).
+    end = size
+    new_size = 0
+    while end > 0:
+        start = max(0, end - _TAIL_BYTES)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            new_size = start + cut + 1
+            break
+        end = start
     os.ftruncate(fd, new_size)
     log.warning("dropped a torn last line (%d bytes) at the end of a file", size - new_size)
     return new_size
@@ -103,6 +137,7 @@ class JsonlSink:
         fsync_interval: float = 1.0,
         rotate_bytes: int = 256 * 1024 * 1024,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        context: SinkContext | None = None,
     ) -> None:
         self.root = Path(root)
         self.fsync_interval = fsync_interval
@@ -112,9 +147,12 @@ class JsonlSink:
         self.lines_dropped = 0
         self.write_errors = 0
         self._files: dict[Path, _File] = {}
-        self._by_source: dict[tuple[str, str | None, str], _File] = {}
+        #: (kind, run, node, pub) -> (the file, the line's constant head up to ``"seq":``)
+        self._routes: dict[tuple[str, str | None, str, str], tuple[_File, str]] = {}
         self._last_fsync = time.monotonic()
         self._dirty_since_fsync: set[_File] = set()
+        # Run by `metricbus sink`, a write failure (disk full) is also an alert on the bus.
+        self._alarm = WriteAlarm(context)
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- Sink protocol ----------------------------------------------------------------------
@@ -122,17 +160,25 @@ class JsonlSink:
     def handle(self, batch: Sequence[Message]) -> None:
         # Lines reach the OS at the end of every batch (latency: a line is readable within
         # one batch of its arrival); fsync, the expensive part, runs on its own interval.
-        by_source = self._by_source
-        touched: set[_File] = set()
+        # This loop is the sink's per-message cost, so the constant head of each line is
+        # cached per publisher and only seq, ts, step and data are encoded per message.
+        routes = self._routes
+        touched: list[_File] = []
         for message in batch:
-            key = (message.kind, message.run, message.node)
-            target = by_source.get(key)
-            if target is None:
-                target = by_source[key] = self._open(relative_path(message))
-            line = _encode(message.to_dict()) + "\n"
-            target.lines.append(line)
-            target.pending_bytes += len(line)
-            touched.add(target)
+            route = routes.get((message.kind, message.run, message.node, message.pub))
+            if route is None:
+                route = self._route(message)
+            target, head = route
+            step, ts = message.step, message.ts
+            lines = target.lines
+            if not lines:
+                touched.append(target)
+            lines.append(
+                f"{head}{message.seq},"
+                f'"ts":{repr(ts) if type(ts) is float and ts - ts == 0.0 else _encode_value(ts)},'
+                f'"step":{"null" if step is None else step if type(step) is int else _encode_value(step)},'
+                f'"data":{_encode_value(message.data)}}}\n'
+            )
         for target in touched:
             self._write(target)
 
@@ -149,7 +195,8 @@ class JsonlSink:
         for target in self._files.values():
             os.close(target.fd)
         self._files.clear()
-        self._by_source.clear()
+        self._routes.clear()
+        self._alarm.close()
 
     # -- recovery after a restart ------------------------------------------------------------
 
@@ -177,6 +224,19 @@ class JsonlSink:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _route(self, message: Message) -> tuple[_File, str]:
+        if len(self._routes) >= _MAX_ROUTES:
+            self._routes.clear()  # many short-lived publishers: start over rather than grow
+        head = (
+            f'{{"v":{VERSION},"kind":{_encode_value(message.kind)},"run":{_encode_value(message.run)},'
+            f'"node":{_encode_value(message.node)},"pub":{_encode_value(message.pub)},"seq":'
+        )
+        route = self._routes[(message.kind, message.run, message.node, message.pub)] = (
+            self._open(relative_path(message)),
+            head,
+        )
+        return route
+
     def _open(self, relative: Path) -> _File:
         path = self.root / relative
         target = self._files.get(path)
@@ -201,6 +261,8 @@ class JsonlSink:
             target.lines.clear()
             target.pending_bytes = 0
             self._dirty_since_fsync.add(target)
+            if self._alarm.firing:
+                self._alarm.recovered(str(target.path), self.lines_dropped)
             return
         # Short write or error (disk full): undo the partial write so no torn line remains,
         # keep the lines for the next flush, and drop the oldest only past the bound.
@@ -208,19 +270,21 @@ class JsonlSink:
             os.ftruncate(target.fd, target.size)
         self.write_errors += 1
         reason = errno.errorcode.get(error.errno or 0, str(error)) if error else "short write"
-        log.warning("cannot write %s (%s); keeping %d lines for the next try", target.path, reason, len(target.lines))
+        target.pending_bytes = len(data)
         while target.pending_bytes > self.max_pending_bytes and target.lines:
             target.pending_bytes -= len(target.lines.pop(0))
             self.lines_dropped += 1
+        # Logged and alerted once per streak: retried every batch, it would flood the log.
+        self._alarm.failed(str(target.path), reason, len(target.lines), self.lines_dropped)
         if error is not None and error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
             raise error
 
     def _rotate(self, target: _File) -> None:
         os.fsync(target.fd)
         os.close(target.fd)
-        index = 1
-        while rotated_name(target.path, index).exists():
-            index += 1
+        # One past the highest index, not the first free one: a deleted old file must not
+        # make the next rotation sort before newer ones.
+        index = 1 + max((_rotation_index(p, target.path) for p in target.path.parent.iterdir()), default=0)
         os.rename(target.path, rotated_name(target.path, index))
         target.fd = os.open(target.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         target.size = 0

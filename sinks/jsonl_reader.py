@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from sinks.jsonl import FILE_NAMES, NODES_DIR, safe_name
 
@@ -120,39 +120,70 @@ def follow(
 ) -> Iterator[Record]:
     """Records of ``path`` as they are appended, across rotations, like ``tail -F``.
 
-    Ends when ``stop`` is set or, with ``idle_timeout``, after that long without new data.
+    ``from_start=False`` skips what the file holds when ``follow`` is called (not when the
+    iteration starts); a file that does not exist yet is read from its start. When the file
+    is rotated away, the rest of it is read, then every file rotated after it (the writer
+    may rotate several times between two looks), then the new current file: no record is
+    skipped or read twice. Ends when ``stop`` is set or, with ``idle_timeout``, after that
+    long without new data.
     """
     path = Path(path)
+    skip_to: tuple[int, int] | None = None  # (inode, offset) of the history to skip
+    if not from_start:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            skip_to = (st.st_ino, st.st_size)
+    return _follow(path, skip_to, poll_interval, stop, idle_timeout)
+
+
+def _follow(
+    path: Path,
+    skip_to: tuple[int, int] | None,
+    poll_interval: float,
+    stop: threading.Event | None,
+    idle_timeout: float | None,
+) -> Iterator[Record]:
     stats = ReadStats()
-    handle = None
-    inode = None
+    handle: BinaryIO | None = None
+    inode: int | None = None
     buffer = b""
     last_data = time.monotonic()
     try:
         while stop is None or not stop.is_set():
-            if handle is None:
+            if handle is None and inode is not None:
+                # after a rotation whose new file did not exist yet: find what follows our last file
+                handle, buffer = _open_successor(path, inode)
+                if handle is not None:
+                    inode = os.fstat(handle.fileno()).st_ino
+            elif handle is None:
                 try:
                     handle = open(path, "rb")  # noqa: SIM115 - kept open across iterations
                 except FileNotFoundError:
-                    handle = None
+                    pass
                 else:
                     inode = os.fstat(handle.fileno()).st_ino
-                    if not from_start:
-                        handle.seek(0, os.SEEK_END)
+                    if skip_to is not None and skip_to[0] == inode:
+                        handle.seek(skip_to[1])
+                    skip_to = None
             chunk = handle.read() if handle is not None else b""
             if chunk:
                 last_data = time.monotonic()
                 buffer += chunk
                 *complete, buffer = buffer.split(b"\n")
-                for raw in complete:
-                    record = _parse(raw + b"\n", stats)
-                    if record is not None:
-                        yield record
+                yield from _parse_all(complete, stats)
                 continue
-            if handle is not None and _replaced(path, inode):
-                # rotated or recreated: the old file is fully read, move to the new one
+            if handle is not None and inode is not None and _current_inode(path) not in (inode, None):
+                # Rotated (or recreated). The writer may have appended between our last read
+                # and the rename, so read to the end; the file is final from here on.
+                *complete, _torn = (buffer + handle.read()).split(b"\n")
+                yield from _parse_all(complete, stats)
                 handle.close()
-                handle, buffer, from_start = None, b"", True
+                handle, buffer = _open_successor(path, inode)
+                if handle is not None:
+                    inode = os.fstat(handle.fileno()).st_ino
                 continue
             if idle_timeout is not None and time.monotonic() - last_data >= idle_timeout:
                 return
@@ -162,8 +193,57 @@ def follow(
             handle.close()
 
 
-def _replaced(path: Path, inode: int | None) -> bool:
+def _parse_all(lines: list[bytes], stats: ReadStats) -> Iterator[Record]:
+    for raw in lines:
+        record = _parse(raw + b"\n", stats)
+        if record is not None:
+            yield record
+
+
+def _current_inode(path: Path) -> int | None:
     try:
-        return os.stat(path).st_ino != inode
+        return os.stat(path).st_ino
     except FileNotFoundError:
-        return False
+        return None  # between a rotation's rename and the new file's creation
+
+
+def _open_successor(path: Path, finished: int) -> tuple[BinaryIO | None, bytes]:
+    """The file written after the one with inode ``finished``: the next rotated one, else the current one."""
+    while True:
+        chain = _chain(path)
+        inodes = [ino for ino, _ in chain]
+        # Not in the chain: the file was deleted or truncated-and-recreated, not rotated.
+        nxt = inodes.index(finished) + 1 if finished in inodes else len(chain) - 1
+        if not 0 <= nxt < len(chain):
+            return None, b""  # the new current file does not exist yet; the caller comes back
+        inode, name = chain[nxt]
+        try:
+            handle = open(name, "rb")  # noqa: SIM115 - handed to the caller
+        except FileNotFoundError:
+            continue
+        if os.fstat(handle.fileno()).st_ino == inode:
+            return handle, b""
+        handle.close()  # the name now holds another file (rotated since we looked): look again
+
+
+def _chain(path: Path) -> list[tuple[int, Path]]:
+    """(inode, name) of ``path``'s files, oldest first, from a listing no rotation interrupted.
+
+    The current file is looked at before the rotated ones, so a rotation in between shows
+    it twice (kept once, under its rotated name) rather than not at all; and since a
+    directory listing taken during a rename may miss the renamed file, a listing counts
+    only once a second one agrees with it.
+    """
+    previous: list[tuple[int, Path]] | None = None
+    while True:
+        current = _current_inode(path)
+        chain: list[tuple[int, Path]] = []
+        for name in files_of(path.parent, path.stem):
+            inode = _current_inode(name)
+            if name != path and inode is not None and inode not in (i for i, _ in chain):
+                chain.append((inode, name))
+        if current is not None and current not in (i for i, _ in chain):
+            chain.append((current, path))
+        if chain == previous:
+            return chain
+        previous = chain

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 import types
 import typing
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Final, Union
 
@@ -32,35 +35,77 @@ BUILTINS: Final[dict[str, str]] = {
 CONTEXT_PARAMETER: Final = "context"
 
 
+#: What a class must have to be used as a sink (the :class:`bus.subscriber.Sink` protocol).
+SINK_METHODS: Final = ("handle", "flush", "close")
+
+
+@dataclass(frozen=True)
+class SinkInfo:
+    """One row of ``metricbus sinks``: where a sink type comes from and what it takes."""
+
+    name: str
+    target: str  # "module:Class"
+    origin: str  # "built-in", or "plugin (<distribution>)"
+    summary: str  # first line of the class docstring, or why it cannot be loaded
+    options: list[tuple[str, str, str]]  # (option, type, default or "required")
+    available: bool = True
+
+
 def _load(target: str, type_name: str) -> type:
-    module_name, _, attr = target.partition(":")
+    module_name, colon, attr = target.partition(":")
+    if not colon or not module_name or not attr:
+        raise LookupError(f"sink type {type_name!r}: expected module:Class, got {target!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise LookupError(f"sink type {type_name!r}: cannot import {module_name!r}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise LookupError(f"sink type {type_name!r}: module {module_name!r} has no {attr!r}") from None
+    obj: Any = module
+    for part in attr.split("."):  # "pkg.mod:Outer.Inner" is allowed, as entry points allow it
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise LookupError(f"sink type {type_name!r}: module {module_name!r} has no {attr!r}") from None
     if not isinstance(obj, type):
         raise LookupError(f"sink type {type_name!r}: {target} is not a class")
+    missing = [m for m in SINK_METHODS if not callable(getattr(obj, m, None))]
+    if missing:
+        raise LookupError(
+            f"sink type {type_name!r}: {target} lacks {', '.join(missing)} "
+            f"(a sink has handle(batch), flush() and close())"
+        )
     return obj
 
 
+def _importable_here() -> None:
+    # Sink processes run as `python -m bus`, which puts the directory `metricbus up` runs in on
+    # sys.path; the console script does not, so `metricbus up`/`check` would fail to find the
+    # same `my_sinks.py`. Appended, not prepended: it never shadows an installed package.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def entry_points() -> dict[str, metadata.EntryPoint]:
+    """Installed plugins: entry-point name -> entry point, in the ``metricbus.sinks`` group."""
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def resolve(type_name: str) -> type:
-    """The sink class for ``type_name``; :class:`LookupError` lists the known names."""
+    """The sink class for ``type_name``; :class:`LookupError` lists the known names.
+
+    A built-in name wins over a plugin of the same name, so installing a package can never
+    change what an existing config runs.
+    """
     if type_name in BUILTINS:
         return _load(BUILTINS[type_name], type_name)
     if ":" in type_name:
+        _importable_here()
         return _load(type_name, type_name)
     plugins = entry_points()
     if type_name in plugins:
-        return _load(plugins[type_name].value, type_name)
-    known = sorted(BUILTINS) + sorted(plugins)
+        ep = plugins[type_name]
+        return _load(f"{ep.module}:{ep.attr}", type_name)  # .value may carry "[extras]"
+    known = sorted(BUILTINS) + sorted(set(plugins) - set(BUILTINS))
     raise LookupError(f"unknown sink type {type_name!r}; known: {', '.join(known)}, or module:Class")
 
 
@@ -125,22 +170,36 @@ def _matches(value: Any, expected: Any) -> bool:
 
 
 def _describe(expected: Any) -> str:
-    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+    if typing.get_origin(expected) is None and hasattr(expected, "__name__"):
+        return str(expected.__name__)
+    return str(expected).replace("typing.", "").replace("collections.abc.", "")
 
 
-def describe_all() -> list[tuple[str, str, dict[str, str]]]:
-    """(name, target, {option: default}) for every built-in and installed sink, for ``metricbus sinks``."""
-    rows: list[tuple[str, str, dict[str, str]]] = []
-    targets = dict(BUILTINS)
-    targets.update({name: ep.value for name, ep in entry_points().items() if name not in BUILTINS})
-    for name, target in targets.items():
+def describe_all() -> list[SinkInfo]:
+    """Every built-in and installed sink with its options, for ``metricbus sinks``."""
+    rows: list[SinkInfo] = []
+    targets = {name: (target, "built-in") for name, target in BUILTINS.items()}
+    for name, ep in entry_points().items():
+        if name not in BUILTINS:
+            dist = ep.dist.name if ep.dist is not None else "?"
+            targets[name] = (ep.value, f"plugin ({dist})")
+    for name, (target, origin) in targets.items():
         try:
             cls = resolve(name)
         except LookupError as exc:
-            rows.append((name, target, {"<unavailable>": str(exc)}))
+            rows.append(SinkInfo(name, target, origin, f"unavailable: {exc}", [], available=False))
             continue
-        options = {opt: ("required" if p.default is p.empty else repr(p.default)) for opt, p in options_of(cls).items()}
-        rows.append((name, target, options))
+        hints = _hints(cls)
+        options = [
+            (
+                opt,
+                _describe(hints[opt]) if opt in hints else "any",
+                "required" if p.default is p.empty else repr(p.default),
+            )
+            for opt, p in options_of(cls).items()
+        ]
+        summary = (inspect.getdoc(cls) or "").strip().splitlines()
+        rows.append(SinkInfo(name, target, origin, summary[0] if summary else "", options))
     return rows
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bus.publisher import Publisher
 from support import Stack, wait_until
+
+from bus.publisher import Publisher
 
 
 def test_first_message_of_a_new_publisher_is_recorded(stack: Stack) -> None:

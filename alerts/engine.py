@@ -1,0 +1,480 @@
+"""The alert engine: a sink that evaluates rules on every message and publishes alerts back.
+
+Configured as the built-in sink type ``alerts``::
+
+    alerts:
+      type: alerts
+      topics: [metrics/, episode/, system/, event/, bus/]
+      rules: alerts.yaml            # relative to this config file; or a list of rules/files
+      notify: [{type: log}]
+
+Why one node-scoped publisher and ``forward()``, not one publisher per run: an alert must
+carry its run (topic ``alert/<run>``), and a :class:`~bus.publisher.Publisher` has a fixed
+run. A publisher per run would wait up to 2 s for the broker's subscription the first
+time each run alerts — on the evaluation path — and would need a bounded pool with
+eviction. Instead the engine builds each alert payload itself (run, node, its own ``pub``
+id and ``seq`` counter) and hands it to one publisher's ``forward()``: one socket, one
+contiguous ``seq`` stream, so sinks still detect lost alerts, for any number of runs.
+
+Absence rules are evaluated on the runner's flush tick (every ``flush_interval``), so a
+run that sends nothing at all still fires. ``bus/`` in ``topics`` lets the engine see
+the broker's ``broker_stats``: while they stop (the broker is down) absence rules are
+held, and when a new broker appears every silence timer restarts with its grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from alerts.loading import Where, load_rules
+from alerts.notifiers import NotifierWorker, build_notifiers, check_notify
+from alerts.rules import AbsenceRule, Rule
+from alerts.state import FIRING, RESOLVED, Series, SeriesKey, recent_sources, restore_alerts
+from bus.message import VERSION, Message
+
+log = logging.getLogger("metricbus.alerts")
+
+#: Alerts kept in memory for inspection (``engine.recent``); the bus and JSONL hold the rest.
+RECENT: Final = 1000
+#: Absence rules are looked at no more often than this (the runner may flush more often).
+_ABSENCE_TICK: Final = 0.25
+#: (kind, run, node) plans cached before the cache is rebuilt.
+_MAX_PLANS: Final = 100_000
+#: Ended runs remembered (so their publisher's closing heartbeat does not revive them).
+_ENDED_RUNS: Final = 10_000
+_SELECTABLE: Final = frozenset(("metrics", "episode", "system", "event"))
+
+
+@dataclass(slots=True)
+class _Seen:
+    """When a run, node or publisher was last heard from (monotonic), and who it is."""
+
+    last: float
+    run: str | None
+    node: str
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The rules that apply to one (kind, run, node), and per metric name the series it feeds."""
+
+    rules: tuple[Rule, ...]
+    absence: tuple[AbsenceRule, ...]
+    by_metric: dict[str, tuple[Series, ...]]
+
+
+class AlertEngine:
+    """Evaluates alert rules on every message; publishes alert/<run|node> and notifies.
+
+    ``rules``: a rules file (relative to the config file), or a list of rules and files;
+    None is the embedded configs/alerts.yaml. ``notify``: log, webhook, command, email.
+    ``restore``: rebuild firing alerts from the JSONL sink's alerts.jsonl (or ``state_root``).
+    """
+
+    def __init__(
+        self,
+        rules: str | list[Any] | None = None,
+        notify: list[Any] | None = None,
+        restore: bool = True,
+        state_root: str | None = None,
+        resume_window: float = 3600.0,
+        max_series: int = 100_000,
+        context: Any = None,
+    ) -> None:
+        config = getattr(context, "config", None)
+        base_dir = Path(config.base_dir) if config is not None else Path.cwd()
+        where = Where(str(getattr(config, "path", None) or "<alerts options>"), f"sinks.{_name(context)}")
+        self.rules = load_rules(rules, base_dir, where.key("rules"))
+        self.max_series = max_series
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.alerts_sent = 0
+        self.rule_errors = 0
+        self._value_rules = tuple(r for r in self.rules if not isinstance(r, AbsenceRule))
+        self._absence_rules = tuple(r for r in self.rules if isinstance(r, AbsenceRule))
+        self._by_name = {r.name: r for r in self.rules}
+        self._plans: dict[tuple[str, str | None, str], _Plan] = {}
+        self._series: dict[SeriesKey, Series] = {}
+        self._seen: dict[str, dict[str, _Seen]] = {r.name: {} for r in self._absence_rules}
+        self._firing_absent: set[tuple[str, str]] = set()
+        self._ended_runs: dict[str, str] = {}  # run -> its run_ended status, oldest first
+        self._epoch = time.monotonic()  # start, or the last bus restart: absence grace counts from here
+        self._next_absence_check = 0.0
+        self._broker_pubs: dict[str, str] = {}
+        self._last_broker_stats: float | None = None
+        self._bus_timeout = 3 * float(getattr(getattr(config, "broker", None), "stats_interval", 5.0)) + 5.0
+        self._warned: set[str] = set()
+        node = getattr(context, "node", None) or os.uname().nodename
+        self._node = node
+        self._pub_id = f"{node}:{os.getpid()}:alerts-{uuid.uuid4().hex[:8]}"
+        self._seq = 0
+        self._own_pubs = {self._pub_id}
+        if config is not None and getattr(config, "alerts", None):
+            log.warning("alerts: the top-level 'alerts:' section is not used; rules belong in the alerts sink entry")
+        self._workers: list[NotifierWorker] = build_notifiers(notify, where.key("notify"))
+        self._publisher = None
+        try:
+            if restore:
+                root = Path(state_root) if state_root else _jsonl_root(config)
+                if root is not None:
+                    self._restore(root, resume_window)
+            if context is not None:
+                from bus.publisher import Publisher
+
+                self._publisher = Publisher(
+                    context.frontend, None, node, heartbeat_interval=1e9, curve=getattr(context, "curve", None)
+                )
+                self._own_pubs.add(self._publisher.pub)
+        except BaseException:
+            self._close_workers(0.0)
+            raise
+        log.info(
+            "alerts: %d rules (%d absence), %d notifiers", len(self.rules), len(self._absence_rules), len(self._workers)
+        )
+
+    # -- load-time validation (called by bus.config for `metricbus check` and load_config) --
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any], file: str, key_path: str, base_dir: Path) -> None:
+        """Raise :class:`~bus.config.ConfigError` naming the file and key path of a bad rule or notifier."""
+        where = Where(file, key_path)
+        load_rules(options.get("rules"), base_dir, where.key("rules"))
+        check_notify(options.get("notify"), where.key("notify"))
+
+    # -- Sink protocol -------------------------------------------------------------------------
+
+    def handle(self, batch: Sequence[Message]) -> None:
+        now = time.monotonic()
+        plans = self._plans
+        own = self._own_pubs
+        for message in batch:
+            if message.pub in own:
+                continue
+            kind = message.kind
+            if kind == "bus":
+                self._bus_note(message, now)
+                continue
+            plan = plans.get((kind, message.run, message.node))
+            if plan is None:
+                plan = self._plan(kind, message.run, message.node)
+            if plan.absence:
+                self._saw(plan.absence, message, now)
+            if kind == "event" and message.data.get("event") == "run_ended":
+                self._run_ended(message)
+            if not plan.rules:
+                continue
+            by_metric = plan.by_metric
+            for name, value in message.data.items():
+                targets = by_metric.get(name)
+                if targets is None:
+                    targets = by_metric[name] = self._targets(plan, message, name)
+                if targets:
+                    self._evaluate(targets, message, name, value)
+        self._check_absence()
+
+    def flush(self) -> None:
+        # The runner calls this on its timer even when no message comes: absence needs that.
+        self._check_absence()
+
+    def close(self) -> None:
+        self._close_workers(5.0)
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def _plan(self, kind: str, run: str | None, node: str) -> _Plan:
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()  # many short runs: rebuild the cache rather than grow it
+        if kind not in _SELECTABLE:
+            plan = _Plan((), (), {})
+        else:
+            rules = tuple(r for r in self._value_rules if r.spec.selector.matches_source(kind, run, node))
+            absence = tuple(r for r in self._absence_rules if r.spec.selector.matches_source(kind, run, node))
+            plan = _Plan(rules, absence, {})
+        self._plans[(kind, run, node)] = plan
+        return plan
+
+    def _targets(self, plan: _Plan, message: Message, metric: str) -> tuple[Series, ...]:
+        """The series ``metric`` feeds under ``plan``: resolved once, then a dict lookup per value."""
+        source = message.node if message.kind == "system" or message.run is None else message.run
+        targets = []
+        for rule in plan.rules:
+            if rule.spec.selector.matches_metric(metric):
+                key = (rule.spec.name, source, metric)
+                series = self._series.get(key) or self._new_series(key, rule, message.run, message.node)
+                if series is not None:
+                    targets.append(series)
+        return tuple(targets)
+
+    def _evaluate(self, targets: tuple[Series, ...], message: Message, metric: str, value: Any) -> None:
+        kind = type(value)
+        if kind is not float and kind is not int and kind is not bool:
+            return
+        for series in targets:
+            rule = series.rule
+            if kind is bool and not rule.accepts_bool:
+                continue
+            try:
+                verdict = rule.check(series.memory, metric, value, message)
+            except Exception as exc:  # a plug-in rule's bug must not stop the other rules
+                self._rule_failed(rule, exc)
+                continue
+            if verdict is None:
+                continue
+            active, series.value, series.threshold = verdict
+            series.step = message.step
+            series.node = message.node
+            change = series.advance(active, message.ts)
+            if change is not None:
+                self._emit(series, change)
+
+    def _new_series(self, key: SeriesKey, rule: Rule, run: str | None, node: str) -> Series | None:
+        if len(self._series) >= self.max_series:
+            self._warn_once("max_series", f"alerts: {self.max_series} series tracked; new ones are ignored")
+            return None
+        series = self._series[key] = Series(rule, key[1], key[2], run, node, rule.new_state())
+        return series
+
+    def _rule_failed(self, rule: Rule, exc: Exception) -> None:
+        self.rule_errors += 1
+        self._warn_once(f"rule:{rule.name}", f"alerts: rule {rule.name} raised {type(exc).__name__}: {exc}")
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", text)
+
+    # -- absence -------------------------------------------------------------------------------
+
+    def _saw(self, rules: tuple[AbsenceRule, ...], message: Message, now: float) -> None:
+        run = message.run
+        if run is not None and run in self._ended_runs:
+            ended = self._ended_runs[run]
+            if message.kind == "event" and message.data.get("event") == "heartbeat":
+                # Publisher.close() sends a last heartbeat after run_ended: that is no sign of life
+                rules = tuple(r for r in rules if ended not in r.ended_ok)
+            else:
+                del self._ended_runs[run]  # the run id is in use again
+        firing = self._firing_absent
+        for rule in rules:
+            scope = rule.scope
+            source = run if scope == "run" else message.node if scope == "node" else message.pub
+            if source is None:
+                continue
+            tracked = self._seen[rule.name]
+            seen = tracked.get(source)
+            if seen is None:
+                tracked[source] = _Seen(now, run, message.node)
+            else:
+                seen.last = now
+            if firing and (rule.name, source) in firing:
+                self._absence_verdict(rule, source, False, 0.0, time.time(), run, message.node)
+
+    def _run_ended(self, message: Message) -> None:
+        run = message.run
+        status = message.data.get("status")
+        if run is not None:
+            self._ended_runs[run] = str(status)
+            if len(self._ended_runs) > _ENDED_RUNS:
+                del self._ended_runs[next(iter(self._ended_runs))]
+        ended: list[SeriesKey] = []
+        for rule in self._absence_rules:
+            if status not in rule.ended_ok:
+                continue  # e.g. a failed run: its silence from now on is still worth an alert
+            tracked = self._seen[rule.name]
+            for source in [s for s, seen in tracked.items() if seen.run == run]:
+                del tracked[source]
+                ended.append((rule.name, source, None))
+        # A finished run's alerts can never clear by themselves: resolve them, forget its series.
+        ended += [k for k, s in self._series.items() if s.run == run and not isinstance(s.rule, AbsenceRule)]
+        if ended:
+            self._plans.clear()  # plans hold the series being forgotten
+        for key in ended:
+            series = self._series.pop(key, None)
+            self._firing_absent.discard((key[0], key[1]))
+            if series is not None and series.phase == FIRING:
+                series.phase = "inactive"
+                self._emit(series, RESOLVED, note="run ended")
+
+    def _check_absence(self) -> None:
+        if not self._absence_rules:
+            return
+        now = time.monotonic()
+        if now < self._next_absence_check:
+            return
+        self._next_absence_check = now + _ABSENCE_TICK
+        if self._last_broker_stats is not None and now - self._last_broker_stats > self._bus_timeout:
+            self._warn_once("bus-down", "alerts: no broker_stats for a while; absence rules held until the bus is back")
+            return
+        wall = time.time()
+        for rule in self._absence_rules:
+            if now < self._epoch + rule.grace:
+                continue
+            for source, seen in list(self._seen[rule.name].items()):
+                silent = now - seen.last
+                if silent >= rule.after or (rule.name, source) in self._firing_absent:
+                    self._absence_verdict(rule, source, silent >= rule.after, silent, wall, seen.run, seen.node)
+
+    def _absence_verdict(
+        self, rule: AbsenceRule, source: str, active: bool, silent: float, ts: float, run: str | None, node: str
+    ) -> None:
+        key = (rule.name, source, None)
+        series = self._series.get(key) or self._new_series(key, rule, run, node)
+        if series is None:
+            return
+        series.value, series.threshold = round(silent, 3), rule.after
+        change = series.advance(active, ts)
+        if series.phase == FIRING:
+            self._firing_absent.add((rule.name, source))
+        else:
+            self._firing_absent.discard((rule.name, source))
+        if change is not None:
+            self._emit(series, change)
+
+    def _bus_note(self, message: Message, now: float) -> None:
+        if message.data.get("event") != "broker_stats":
+            return
+        self._last_broker_stats = now
+        previous = self._broker_pubs.get(message.node)
+        self._broker_pubs[message.node] = message.pub
+        if previous is not None and previous != message.pub:
+            # A new broker: everyone had to reconnect, so silence counts from now, after a grace.
+            log.info("alerts: the broker on %s restarted; absence timers restart with their grace", message.node)
+            self._epoch = now
+            for tracked in self._seen.values():
+                for seen in tracked.values():
+                    seen.last = max(seen.last, now)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _emit(self, series: Series, state: str, note: str = "") -> None:
+        spec = series.rule.spec
+        fields = {
+            "rule": spec.name,
+            "severity": spec.severity,
+            "state": state,
+            "run": series.run,
+            "node": series.node,
+            "source": series.source,
+            "metric": series.metric,
+            "value": series.value,
+            "threshold": series.threshold,
+        }
+        text = _render(spec.message, fields, series.rule)
+        if note:
+            text = f"{text} ({note})"
+        data = {
+            "rule": spec.name,
+            "severity": spec.severity,
+            "state": state,
+            "message": text,
+            "metric": series.metric,
+            "value": series.value,
+            "threshold": series.threshold,
+            "since": series.since,
+            "source": series.source,
+        }
+        payload = {
+            "v": VERSION,
+            "kind": "alert",
+            "run": series.run,
+            "node": series.node,
+            "pub": self._pub_id,
+            "seq": self._seq,
+            "ts": time.time(),
+            "step": series.step,
+            "data": data,
+        }
+        self._seq += 1
+        self.alerts_sent += 1
+        self.recent.append(payload)
+        if self._publisher is not None:
+            self._publisher.forward(payload)
+        notice = {**data, "run": series.run, "node": series.node, "step": series.step, "ts": payload["ts"]}
+        for worker in self._workers:
+            worker.submit(notice)
+
+    def _close_workers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.close(max(0.0, deadline - time.monotonic()))
+
+    def notifiers_idle(self) -> bool:
+        return all(w.idle() for w in self._workers)
+
+    @property
+    def workers(self) -> list[NotifierWorker]:
+        return list(self._workers)
+
+    # -- restart -------------------------------------------------------------------------------
+
+    def _restore(self, root: Path, resume_window: float) -> None:
+        restored = 0
+        for (rule_name, source, metric), record in restore_alerts(root).items():
+            rule = self._by_name.get(rule_name)
+            data = record["data"]
+            if rule is None or data.get("state") != FIRING:
+                continue
+            key = (rule_name, source, metric)
+            series = self._new_series(key, rule, record.get("run"), str(record.get("node") or self._node))
+            if series is None:
+                break
+            series.phase = FIRING
+            series.since = float(data.get("since") or record.get("ts") or 0.0)
+            series.notified = float(record.get("ts") or 0.0)
+            series.value, series.threshold, series.step = data.get("value"), data.get("threshold"), record.get("step")
+            if isinstance(rule, AbsenceRule):
+                self._firing_absent.add((rule_name, source))
+            restored += 1
+        if self._absence_rules:
+            self._seed_sources(root, resume_window)
+        if restored:
+            log.info("alerts: %d firing alerts restored from %s (not notified again)", restored, root)
+
+    def _seed_sources(self, root: Path, resume_window: float) -> None:
+        runs, nodes = recent_sources(root, resume_window)
+        now, wall = time.monotonic(), time.time()
+        for rule in self._absence_rules:
+            found = runs if rule.scope == "run" else nodes if rule.scope == "node" else []
+            for src in found:
+                if src.ended in rule.ended_ok:
+                    continue
+                run = src.name if rule.scope == "run" else None
+                if rule.spec.selector.run is not None and (run is None or not rule.spec.selector.run.fullmatch(run)):
+                    continue
+                if rule.spec.selector.node is not None and not rule.spec.selector.node.fullmatch(src.node):
+                    continue
+                # The last write's age is real silence: a run that died while we were down still fires.
+                self._seen[rule.name][src.name] = _Seen(now - max(0.0, wall - src.last_ts), run, src.node)
+
+
+def _render(template: str, fields: Mapping[str, Any], rule: Rule) -> str:
+    try:
+        return template.format_map(fields)
+    except (KeyError, ValueError, TypeError, IndexError):
+        # e.g. "{threshold:g}" when a rule has no threshold: fall back to a plain text
+        metric = f" {fields['metric']}" if fields["metric"] else ""
+        return (
+            f"{fields['rule']}:{metric} value {fields['value']} threshold {fields['threshold']} on {fields['source']}"
+        )
+
+
+def _name(context: Any) -> str:
+    return str(getattr(context, "name", None) or "alerts")
+
+
+def _jsonl_root(config: Any) -> Path | None:
+    """The JSONL sink's root in the same config (relative to the cwd, as the sink resolves it)."""
+    for sink in getattr(config, "sinks", {}).values():
+        if sink.type == "jsonl":
+            return Path(str(sink.options.get("root", "logs")))
+    return None

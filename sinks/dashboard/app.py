@@ -1,0 +1,763 @@
+"""The Dash page: layout and callbacks over a :class:`~sinks.dashboard.store.Store`.
+
+The page polls, one poll at a time (a poll waits for the last answer). Each poll answers
+with *only what is new*: a chart the browser already has gets ``extendData`` (Plotly's
+``extendTraces``) with the points taken since its cursor, and the cursors (kept in the
+browser, in a ``dcc.Store``, so that a lost answer is simply asked again) change by a
+``Patch`` that carries only the series that moved.
+A chart is drawn whole only when it is new, when a control changed, when what it shows was
+merged out of order or when extends have made it long; then long series are downsampled
+(MinMaxLTTB per pixel bucket) and, up to a few charts a page, drawn with WebGL.
+
+Test hooks: every chart sits in a ``div[data-chart=ID]``; health, run and alert elements
+carry ``data-*`` attributes, so a browser test reads state instead of pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from sinks.dashboard import downsample
+from sinks.dashboard.figures import (
+    EPISODE_WINDOW,
+    SECTIONS,
+    SEVERITY_COLOURS,
+    STATUS_COLOURS,
+    X_MODES,
+    Y_DIGITS,
+    EmaState,
+    colour,
+    ema,
+    figure,
+    is_episode,
+    node_family,
+    plain,
+    rolling_mean,
+    section_of,
+    trace_pair,
+    x_values,
+)
+from sinks.dashboard.store import NODE, RUN, Series, SourceData, Store
+
+#: A chart's traces are redrawn (downsampled again) once extends have grown them past this
+#: many times the drawing budget, so the browser's memory stays bounded too.
+_REDRAW_FACTOR: Final = 3
+#: Charts drawn with WebGL at most (Chromium keeps 16 WebGL contexts per page).
+MAX_WEBGL_CHARTS: Final = 8
+#: At most this many charts per section; the metric search narrows the rest.
+MAX_CHARTS_PER_SECTION: Final = 48
+_CSS: Final = """
+body { font-family: system-ui, sans-serif; margin: 0; background: #f3f4f6; color: #1f2933; }
+header { background: #1f2933; color: #fff; padding: 8px 16px; display: flex; gap: 18px; align-items: baseline;
+         flex-wrap: wrap; }
+header h1 { font-size: 18px; margin: 0 12px 0 0; }
+.health span { margin-right: 14px; font-size: 13px; }
+.dot { display: inline-block; width: 10px; height: 10px; border-radius: 5px; margin-right: 4px; }
+.controls { display: flex; flex-wrap: wrap; gap: 18px; padding: 10px 16px; background: #fff;
+            border-bottom: 1px solid #ddd; align-items: flex-start; }
+.controls label.title { font-size: 12px; color: #555; display: block; margin-bottom: 4px; }
+.control { min-width: 180px; }
+.control input[type=text] { padding: 4px 6px; width: 200px; }
+.bad-regex { outline: 2px solid #c62828; }
+main { padding: 8px 16px; }
+section h2 { font-size: 16px; margin: 14px 0 6px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 10px; }
+.chart { background: #fff; border: 1px solid #e1e4e8; border-radius: 4px; }
+.nodes { display: flex; gap: 12px; overflow-x: auto; }
+.node-col { flex: 1 0 420px; }
+.node-col h3 { font-size: 14px; margin: 4px 0; }
+.node-col .chart { margin-bottom: 8px; }
+table { border-collapse: collapse; font-size: 13px; background: #fff; }
+th, td { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; }
+.chip { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 5px; vertical-align: -1px; }
+.badge { padding: 1px 6px; border-radius: 3px; color: #fff; font-size: 12px; }
+.empty { color: #888; font-size: 13px; }
+"""
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    scope: str
+    source: str
+    metric: str
+    label: str
+    colour: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}|{self.source}|{self.metric}"
+
+
+@dataclass(frozen=True)
+class ChartSpec:
+    id: str
+    section: str  # a run section key, or "system"
+    title: str
+    node: str
+    series: tuple[SeriesRef, ...]
+    episode: bool
+
+
+@dataclass(frozen=True)
+class View:
+    """What the controls ask for."""
+
+    runs: tuple[str, ...]
+    search: str
+    smoothing: float
+    x_mode: str
+
+    def signature(self) -> list[Any]:
+        return [list(self.runs), self.smoothing, self.x_mode]
+
+
+def compile_filter(text: str | None) -> re.Pattern[str] | None:
+    """The regex in ``text``; an invalid one matches as a plain substring."""
+    if not text:
+        return None
+    try:
+        return re.compile(text)
+    except re.error:
+        return re.compile(re.escape(text))
+
+
+def chart_specs(store: Store, view: View) -> list[ChartSpec]:
+    """Every chart the view shows, in page order (caller holds the store's lock)."""
+    search = compile_filter(view.search)
+    runs = [store.runs[r] for r in view.runs if r in store.runs]
+    metrics: set[str] = set()
+    for data in runs:
+        metrics.update(data.series)
+    specs: list[ChartSpec] = []
+    per_section: dict[str, int] = {}
+    for metric in sorted(metrics):
+        if search is not None and not search.search(metric):
+            continue
+        section = section_of(metric)
+        per_section[section] = per_section.get(section, 0) + 1
+        if per_section[section] > MAX_CHARTS_PER_SECTION:
+            continue
+        refs = tuple(SeriesRef(RUN, d.name, metric, d.name, colour(d.colour)) for d in runs)
+        specs.append(ChartSpec(f"m:{metric}", section, metric, "", refs, is_episode(metric)))
+    for node in sorted(store.nodes):
+        data = store.nodes[node]
+        families: dict[str, list[str]] = {}
+        for metric in sorted(data.series):
+            if search is None or search.search(metric):
+                families.setdefault(node_family(metric), []).append(metric)
+        for family, members in families.items():
+            refs = tuple(
+                SeriesRef(NODE, node, m, m if len(members) > 1 else node, colour(i)) for i, m in enumerate(members)
+            )
+            specs.append(ChartSpec(f"n:{node}:{family}", "system", family, node, refs, False))
+    return specs
+
+
+# -- drawing -------------------------------------------------------------------------------------
+
+
+class Painter:
+    """Turns series into whole figures or into patches of what is new, for one view."""
+
+    def __init__(self, store: Store, view: View, draw_points: int, webgl_points: int) -> None:
+        self.store = store
+        self.view = view
+        self.draw_points = draw_points
+        self.webgl_points = webgl_points
+
+    def _origin(self, ref: SeriesRef) -> float:
+        data = self.store.sources(ref.scope).get(ref.source)
+        return data.first_ts if data is not None and math.isfinite(data.first_ts) else 0.0
+
+    def _x_mode(self, spec: ChartSpec) -> str:
+        # system samples carry no step: by step, a node's charts use wall time
+        return "wall" if spec.section == "system" and self.view.x_mode == "step" else self.view.x_mode
+
+    def _series(self, ref: SeriesRef) -> Series | None:
+        data: SourceData | None = self.store.sources(ref.scope).get(ref.source)
+        return data.series.get(ref.metric) if data is not None else None
+
+    def _smoothing_on(self, spec: ChartSpec) -> bool:
+        return spec.episode or self.view.smoothing > 0.0
+
+    def wants_webgl(self, spec: ChartSpec) -> bool:
+        longest = max((s.n for s in map(self._series, spec.series) if s is not None), default=0)
+        return longest >= self.webgl_points
+
+    def full(self, spec: ChartSpec, webgl: bool = False) -> tuple[dict[str, Any], dict[str, list[float]]]:
+        """The whole figure and the cursors of its series."""
+        traces: list[dict[str, Any]] = []
+        cursors: dict[str, list[float]] = {}
+        x_mode = self._x_mode(spec)
+        for ref in spec.series:
+            series = self._series(ref)
+            if series is None or series.n == 0:
+                step = ts = values = np.empty(0)
+                appended = generation = 0
+            else:
+                step, ts, values = series.arrays()
+                appended, generation = series.appended, series.generation
+            state = EmaState()
+            smooth = None
+            if spec.episode:
+                smooth = rolling_mean(values)
+            elif self._smoothing_on(spec):
+                smooth, state = ema(values, self.view.smoothing)
+            else:
+                _, state = ema(values, 0.0)
+            picked = downsample.select(values, self.draw_points)
+            x = x_values(step, ts, x_mode, self._origin(ref))[picked]
+            traces += trace_pair(
+                ref.label,
+                ref.colour,
+                x,
+                values[picked],
+                smooth[picked] if smooth is not None else None,
+                webgl=webgl,
+                group=ref.key,
+            )
+            cursors[ref.key] = [appended, generation, state.acc, state.den, len(picked)]
+        return figure(spec.title, traces, x_mode, spec.id), cursors
+
+    def extend(self, spec: ChartSpec, cursors: dict[str, list[float]]) -> tuple[Any, dict[str, list[float]]] | None:
+        """Graph ``extendData`` adding the new points, and the new cursors; None when a redraw is due.
+
+        Returns ``(None, {})`` when nothing is new. ``extendData`` makes the browser call
+        ``Plotly.extendTraces`` (append and redraw) where a figure ``Patch`` would make it
+        ``Plotly.react`` the whole figure, diffing every point it holds, on every poll.
+        """
+        x_mode = self._x_mode(spec)
+        xs: list[list[float | None]] = []
+        ys: list[list[float | None]] = []
+        indices: list[int] = []
+        changed: dict[str, list[float]] = {}
+        for i, ref in enumerate(spec.series):
+            cursor = cursors.get(ref.key)
+            series = self._series(ref)
+            if cursor is None:
+                return None
+            appended, generation, acc, den, drawn = cursor
+            if series is None:
+                if appended:
+                    return None
+                continue
+            if series.appended == appended:
+                continue
+            if series.generation != generation:
+                return None
+            new = series.since(int(appended))
+            if new is None or drawn + len(new[0]) > _REDRAW_FACTOR * self.draw_points:
+                return None
+            step, ts, values = new
+            x = plain(x_values(step, ts, x_mode, self._origin(ref)))
+            state = EmaState(acc, den)
+            xs.append(x)
+            ys.append(plain(values, Y_DIGITS))
+            indices.append(2 * i)
+            if spec.episode:
+                held = series.tail(len(values) + EPISODE_WINDOW)
+                smooth = rolling_mean(held)[-len(values) :]
+            elif self._smoothing_on(spec):
+                smooth, state = ema(values, self.view.smoothing, state)
+            else:
+                smooth = None
+                _, state = ema(values, 0.0, state)
+            if smooth is not None:
+                xs.append(x)
+                ys.append(plain(smooth, Y_DIGITS))
+                indices.append(2 * i + 1)
+            changed[ref.key] = [series.appended, series.generation, state.acc, state.den, drawn + len(values)]
+        if not changed:
+            return (None, {})
+        # maxPoints only as a safety net: the server redraws (downsampled) well before it
+        cap = 2 * _REDRAW_FACTOR * self.draw_points
+        return [{"x": xs, "y": ys}, indices, cap], changed
+
+
+# -- page -----------------------------------------------------------------------------------------
+
+
+def _section_layout() -> list[Any]:
+    from dash import html
+
+    blocks: list[Any] = []
+    for key, title, _ in SECTIONS:
+        blocks.append(
+            html.Section([html.H2(title), html.Div(id=f"charts-{key}", className="grid")], id=f"section-{key}")
+        )
+    blocks.insert(
+        3,
+        html.Section(
+            [html.H2("System (per node)"), html.Div(id="charts-system", className="nodes")], id="section-system"
+        ),
+    )
+    blocks.insert(
+        0,
+        html.Section(
+            [
+                html.H2("Alerts"),
+                html.Div(id="alerts-firing"),
+                html.H3("Resolved", style={"fontSize": "14px"}),
+                html.Div(id="alerts-history"),
+            ],
+            id="section-alerts",
+        ),
+    )
+    return blocks
+
+
+def layout(poll_interval: float, smoothing: float) -> Any:
+    from dash import dcc, html
+
+    return html.Div(
+        [
+            html.Header(
+                [
+                    html.H1("metricbus"),
+                    html.Div(id="health", className="health"),
+                ]
+            ),
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.Label("Runs (regex filter)", className="title"),
+                            dcc.Input(id="run-filter", type="text", placeholder="e.g. ^ppo-", debounce=False),
+                            dcc.Checklist(id="run-select", options=[], value=[], inline=False),
+                        ],
+                        className="control",
+                    ),
+                    html.Div(
+                        [
+                            html.Label("Metric search", className="title"),
+                            dcc.Input(id="metric-search", type="text", placeholder="e.g. loss|reward"),
+                        ],
+                        className="control",
+                    ),
+                    html.Div(
+                        [
+                            html.Label("Smoothing (EMA weight)", className="title"),
+                            dcc.Slider(
+                                id="smoothing",
+                                min=0.0,
+                                max=0.99,
+                                step=0.01,
+                                value=smoothing,
+                                marks={0: "0", 0.5: "0.5", 0.9: "0.9"},
+                                updatemode="mouseup",
+                            ),
+                        ],
+                        className="control",
+                        style={"width": "300px"},
+                    ),
+                    html.Div(
+                        [
+                            html.Label("X axis", className="title"),
+                            dcc.RadioItems(
+                                id="x-axis",
+                                options=[{"label": label, "value": mode} for mode, label in X_MODES.items()],
+                                value="step",
+                                inline=True,
+                            ),
+                        ],
+                        className="control",
+                    ),
+                    html.Div(id="run-status", className="control"),
+                ],
+                className="controls",
+            ),
+            html.Main(_section_layout()),
+            # A poll starts only when the last one has answered (or is long overdue): Dash drops
+            # the older answer of a callback that is asked again while in flight, so with a
+            # plain Interval and answers slower than it, no answer would ever land.
+            dcc.Interval(id="clock", interval=int(poll_interval * 1000)),
+            dcc.Store(id="tick", data=0),
+            dcc.Store(id="ack", data=0),
+            dcc.Store(id="ack-seen", data=0),
+            dcc.Store(id="cursors", data={}),
+            dcc.Store(id="known-runs", data=[]),
+            dcc.Store(id="chart-ids", data=[]),
+            dcc.Store(id="panel-keys", data={}),
+        ]
+    )
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def build_app(
+    store: Store,
+    *,
+    poll_interval: float = 1.0,
+    draw_points: int = 2000,
+    webgl_points: int = 10_000,
+    smoothing: float = 0.6,
+    connected_window: float = 15.0,
+    loading: Callable[[], int] = lambda: 0,
+) -> Any:
+    """The Dash app; ``loading`` says how many sources' history is still being read."""
+    from dash import ALL, Dash, Input, Output, Patch, State, html, no_update
+
+    # update_title=None: no "Updating..." flicker in the tab title on every poll (Dash's documented
+    # way; its stubs only say str)
+    app = Dash(__name__, title="metricbus", update_title=None, serve_locally=True)  # type: ignore[arg-type]
+    app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + _CSS + "</style>")
+    app.layout = layout(poll_interval, smoothing)
+
+    def view_of(
+        runs: list[str] | None, run_filter: str | None, search: str | None, smooth: float | None, x: str | None
+    ) -> View:
+        pattern = compile_filter(run_filter)
+        chosen = tuple(r for r in (runs or []) if pattern is None or pattern.search(r))
+        return View(chosen, search or "", float(smooth or 0.0), x if x in X_MODES else "step")
+
+    overdue_ms = int(max(5.0, 10 * poll_interval) * 1000)
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        f"""function(n) {{
+            const started = window.metricbusPoll || 0, now = Date.now();
+            if (started && now - started < {overdue_ms}) {{ return window.dash_clientside.no_update; }}
+            window.metricbusPoll = now;
+            return now;
+        }}""",
+        Output("tick", "data"),
+        Input("clock", "n_intervals"),
+    )
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        "function(ack) { window.metricbusPoll = 0; return window.dash_clientside.no_update; }",
+        Output("ack-seen", "data"),
+        Input("ack", "data"),
+    )
+
+    # -- runs: new runs join the selection, the checklist shows each run's colour ------------
+
+    @app.callback(
+        Output("run-select", "options"),
+        Output("run-select", "value"),
+        Output("known-runs", "data"),
+        Input("tick", "data"),
+        State("run-select", "value"),
+        State("known-runs", "data"),
+    )
+    def update_runs(_tick: float | None, selected: list[str] | None, known: list[str] | None) -> Any:
+        with store.lock:
+            runs = sorted(store.runs)
+            colours = {r: colour(store.runs[r].colour) for r in runs}
+        if runs == (known or []):
+            return no_update, no_update, no_update
+        options = [
+            {
+                "label": html.Span([html.Span(className="chip", style={"background": colours[r]}), r]),
+                "value": r,
+            }
+            for r in runs
+        ]
+        fresh = [r for r in runs if r not in set(known or [])]
+        value = [r for r in (selected or []) if r in colours] + fresh
+        return options, value, runs
+
+    # -- the charts that exist: laid out again only when the set of charts changes ----------
+
+    @app.callback(
+        Output("charts-training", "children"),
+        Output("charts-rollout", "children"),
+        Output("charts-gradients", "children"),
+        Output("charts-other", "children"),
+        Output("charts-system", "children"),
+        Output("chart-ids", "data"),
+        Output("run-filter", "className"),
+        Input("tick", "data"),
+        Input("run-select", "value"),
+        Input("run-filter", "value"),
+        Input("metric-search", "value"),
+        State("chart-ids", "data"),
+    )
+    def update_layout(
+        _tick: float | None, runs: list[str] | None, run_filter: str | None, search: str | None, ids: Any
+    ) -> Any:
+        from dash import dcc
+
+        view = view_of(runs, run_filter, search, 0.0, "step")
+        with store.lock:
+            specs = chart_specs(store, view)
+        bad = "" if not run_filter or _valid(run_filter) else "bad-regex"
+        signature = [s.id for s in specs]
+        if signature == ids:
+            return (*[no_update] * 6, bad)
+        by_section: dict[str, list[Any]] = {key: [] for key, _, _ in SECTIONS}
+        nodes: dict[str, list[Any]] = {}
+
+        def card(spec: ChartSpec) -> Any:
+            graph = dcc.Graph(
+                id={"type": "chart", "id": spec.id},
+                figure={"data": [], "layout": {"height": 260, "title": {"text": spec.title}}},
+                config={"displaylogo": False, "responsive": True},
+                style={"height": "260px"},
+            )
+            return html.Div(graph, className="chart", **_attrs({"data-chart": spec.id}))
+
+        for spec in specs:
+            if spec.section == "system":
+                nodes.setdefault(spec.node, []).append(card(spec))
+            else:
+                by_section[spec.section].append(card(spec))
+        columns = [
+            html.Div([html.H3(node), *cards], className="node-col", **_attrs({"data-node": node}))
+            for node, cards in nodes.items()
+        ]
+        empty = html.Div("no metrics yet", className="empty")
+        sections = [by_section[key] or empty for key, _, _ in SECTIONS]
+        return (
+            *sections,
+            columns or html.Div("no node is publishing system metrics", className="empty"),
+            signature,
+            bad,
+        )
+
+    # -- the figures: whole when new or when a control changed, else only what is new -------
+
+    @app.callback(
+        Output({"type": "chart", "id": ALL}, "figure"),
+        Output({"type": "chart", "id": ALL}, "extendData"),
+        Output("cursors", "data"),
+        Output("ack", "data"),
+        Input("tick", "data"),
+        Input({"type": "chart", "id": ALL}, "id"),
+        Input("run-select", "value"),
+        Input("run-filter", "value"),
+        Input("smoothing", "value"),
+        Input("x-axis", "value"),
+        State("metric-search", "value"),
+        State("cursors", "data"),
+    )
+    def update_figures(
+        _tick: float | None,
+        chart_ids: list[dict[str, str]],
+        runs: list[str] | None,
+        run_filter: str | None,
+        smooth: float | None,
+        x_mode: str | None,
+        search: str | None,
+        cursors: dict[str, Any] | None,
+    ) -> Any:
+        view = view_of(runs, run_filter, search, smooth, x_mode)
+        cursors = cursors or {}
+        signature = view.signature()
+        ids_now = [c["id"] for c in chart_ids]
+        # A new chart list means the charts were laid out again, empty: draw them all whole.
+        redraw_all = cursors.get("view") != signature or cursors.get("ids") != ids_now
+        charts: dict[str, Any] = {} if redraw_all else dict(cursors.get("charts") or {})
+        figures: list[Any] = []
+        extends: list[Any] = []
+        redrawn: dict[str, Any] = {}
+        moved: dict[tuple[str, str], list[float]] = {}
+        with store.lock:
+            specs = {s.id: s for s in chart_specs(store, view)}
+            painter = Painter(store, view, draw_points, webgl_points)
+            for chart_id in ids_now:
+                spec = specs.get(chart_id)
+                known = charts.get(chart_id)
+                keys = [r.key for r in spec.series] if spec else []
+                result = None
+                if spec is not None and known is not None and known.get("keys") == keys:
+                    result = painter.extend(spec, known["series"])
+                if spec is None:
+                    figures.append(no_update)
+                    extends.append(no_update)
+                elif result is None:
+                    # WebGL where series are long, but browsers keep ~16 WebGL contexts per page
+                    # (one per chart) and drop the oldest beyond: the first few long charts get it.
+                    others = sum(1 for c, v in {**charts, **redrawn}.items() if c != chart_id and v.get("gl"))
+                    webgl = painter.wants_webgl(spec) and others < MAX_WEBGL_CHARTS
+                    fig, series_cursors = painter.full(spec, webgl)
+                    figures.append(fig)
+                    extends.append(no_update)
+                    redrawn[chart_id] = {"keys": keys, "series": series_cursors, "gl": webgl}
+                else:
+                    extend, changed = result
+                    figures.append(no_update)
+                    extends.append(extend if extend is not None else no_update)
+                    for key, value in changed.items():
+                        moved[(chart_id, key)] = value
+        if redraw_all:
+            return figures, extends, {"view": signature, "ids": ids_now, "charts": redrawn}, time.time()
+        if not redrawn and not moved:
+            return figures, extends, no_update, time.time()
+        # the cursors change by a Patch too: only what moved travels back
+        cursor_patch = Patch()
+        for chart_id, value in redrawn.items():
+            cursor_patch["charts"][chart_id] = value
+        for (chart_id, key), value in moved.items():
+            cursor_patch["charts"][chart_id]["series"][key] = value
+        return figures, extends, cursor_patch, time.time()
+
+    # -- header, run table, alerts ------------------------------------------------------------
+
+    @app.callback(
+        Output("health", "children"),
+        Input("tick", "data"),
+    )
+    def update_health(_tick: float | None) -> Any:
+        now = time.time()
+        with store.lock:
+            h = store.health
+            age = None if h.last_receipt is None else max(0.0, now - h.last_receipt)
+            connected = age is not None and age <= connected_window
+            rate = h.rate(now)
+            dropped, gaps, missing, undecodable = h.dropped, h.gaps, h.missing, h.undecodable
+        pending = loading()
+        dot = "#2e7d32" if connected else "#c62828"
+        return [
+            html.Span(
+                [html.Span(className="dot", style={"background": dot}), "connected" if connected else "no messages"],
+                id="health-connected",
+                **_attrs({"data-connected": "true" if connected else "false"}),
+            ),
+            html.Span(f"{rate:.1f} msg/s", id="health-rate", **_attrs({"data-rate": f"{rate:.3f}"})),
+            html.Span(f"last message {_age(age)} ago", id="health-age"),
+            html.Span(f"dropped {dropped}", id="health-dropped", **_attrs({"data-dropped": str(dropped)})),
+            html.Span(
+                f"gaps {gaps} ({missing} lost)" + (f", undecodable {undecodable}" if undecodable else ""),
+                id="health-gaps",
+                **_attrs({"data-gaps": str(gaps), "data-missing": str(missing)}),
+            ),
+            html.Span(
+                f"loading history of {pending} source(s)" if pending else "history loaded",
+                id="health-history",
+                **_attrs({"data-loading": str(pending)}),
+            ),
+        ]
+
+    @app.callback(
+        Output("run-status", "children"),
+        Output("alerts-firing", "children"),
+        Output("alerts-history", "children"),
+        Output("panel-keys", "data"),
+        Input("tick", "data"),
+        State("panel-keys", "data"),
+    )
+    def update_panels(_tick: float | None, keys: dict[str, Any] | None) -> Any:
+        keys = keys or {}
+        with store.lock:
+            rows = []
+            for name in sorted(store.runs):
+                data = store.runs[name]
+                reward = data.series.get("episode/reward")
+                rows.append(
+                    (name, colour(data.colour), store.status(data), data.node, data.episodes,
+                     reward.last() if reward else math.nan, data.error)
+                )  # fmt: skip
+            alerts_version = store.alerts.version
+            firing = store.alerts.firing()
+            history = list(store.alerts.history)[:50]
+        status_key = json.dumps([r[:3] + r[4:5] for r in rows])
+        out: list[Any] = [no_update, no_update, no_update]
+        if keys.get("status") != status_key:
+            out[0] = _run_table(rows)
+        if keys.get("alerts") != alerts_version:
+            out[1] = _alert_table(firing, "firing")
+            out[2] = _alert_table(history, "resolved")
+        if out == [no_update] * 3:
+            return (*out, no_update)
+        return (*out, {"status": status_key, "alerts": alerts_version})
+
+    return app
+
+
+def _attrs(attrs: dict[str, str]) -> dict[str, Any]:
+    """``data-*`` attributes for a component (typed loosely: Dash's stubs list no data props)."""
+    return attrs
+
+
+def _valid(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
+def _run_table(rows: list[tuple[Any, ...]]) -> Any:
+    from dash import html
+
+    if not rows:
+        return html.Div("no runs yet", className="empty")
+    body = []
+    for name, hex_colour, status, node, episodes, reward, error in rows:
+        body.append(
+            html.Tr(
+                [
+                    html.Td([html.Span(className="chip", style={"background": hex_colour}), name]),
+                    html.Td(
+                        html.Span(status, className="badge", style={"background": STATUS_COLOURS.get(status, "#555")}),
+                        title=error or None,
+                    ),
+                    html.Td(node),
+                    html.Td(str(episodes)),
+                    html.Td(_fmt(reward) if reward == reward else ""),
+                ],
+                **_attrs({"data-run": name, "data-status": status}),
+            )
+        )
+    head = html.Tr([html.Th(t) for t in ("run", "status", "node", "episodes", "last reward")])
+    return html.Table([html.Thead(head), html.Tbody(body)], id="run-table")
+
+
+def _alert_table(alerts: list[dict[str, Any]], state: str) -> Any:
+    from dash import html
+
+    if not alerts:
+        text = "no alert is firing" if state == "firing" else "no resolved alerts"
+        return html.Div(text, className="empty", **_attrs({"data-alerts": state, "data-count": "0"}))
+    rows = []
+    for a in alerts:
+        sev = a["severity"]
+        when = time.strftime("%H:%M:%S", time.localtime(a["ts"]))
+        rows.append(
+            html.Tr(
+                [
+                    html.Td(html.Span(sev, className="badge", style={"background": SEVERITY_COLOURS.get(sev, "#555")})),
+                    html.Td(a["rule"]),
+                    html.Td(a["source"]),
+                    html.Td(_fmt(a["metric"])),
+                    html.Td(_fmt(a["value"])),
+                    html.Td(_fmt(a["threshold"])),
+                    html.Td(a["message"]),
+                    html.Td(when),
+                ],
+                className=f"alert sev-{sev}",
+                style={"borderLeft": f"4px solid {SEVERITY_COLOURS.get(sev, '#555')}"},
+                **{
+                    "data-alert-rule": a["rule"],
+                    "data-severity": sev,
+                    "data-state": a["state"],
+                    "data-source": a["source"],
+                },
+            )
+        )
+    head = html.Tr(
+        [html.Th(t) for t in ("severity", "rule", "run/node", "metric", "value", "threshold", "message", "at")]
+    )
+    return html.Table(
+        [html.Thead(head), html.Tbody(rows)], **_attrs({"data-alerts": state, "data-count": str(len(alerts))})
+    )

@@ -1,0 +1,527 @@
+"""What the dashboard holds in memory: bounded per-run and per-node series, run status,
+alerts and the bus's health, filled from live messages and from the JSONL history.
+
+Memory is bounded by configuration however long training runs: a series keeps at most
+``max_points`` points; when it is full its older half is thinned to every other point, so
+the recent past stays at full resolution and the whole run stays visible at a coarser one.
+Runs and nodes beyond their limit evict the one that has been quiet the longest.
+
+Live messages and history overlap: the JSONL sink may already have written a message the
+dashboard also receives live, or the dashboard may have missed messages sent before it
+subscribed. Per (source, kind, publisher) the store remembers the highest ``seq`` taken
+from files and the first ``seq`` seen live, and takes each message once (a publisher's
+``seq`` rises within one file, so this costs two integers per publisher, not a set).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from bus.message import KINDS, DecodeError, Message
+
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+
+#: Where a series lives: ("run", run id) or ("node", node name).
+Source = tuple[str, str]
+RUN: Final = "run"
+NODE: Final = "node"
+#: Episode fields become series named ``episode/<field>``.
+EPISODE_PREFIX: Final = "episode/"
+_FIRST_CAPACITY: Final = 256
+#: Publishers of one run on different hosts disagree on the clock by this much; a point this
+#: little out of order is appended, not merged (a merge makes readers redraw).
+_JITTER: Final = 1.0
+SEVERITY_ORDER: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+FINISHED: Final = frozenset({"completed", "failed", "interrupted"})
+
+
+class Series:
+    """One metric of one source: (step, ts, value) in time order, at most ``capacity`` points.
+
+    ``appended`` counts every point ever taken, so a reader that remembers it can ask for
+    only what is new (:meth:`since`). ``generation`` changes when older points were merged
+    in out of order (history arriving after live points): a reader must then redraw.
+    """
+
+    __slots__ = ("_step", "_ts", "_value", "appended", "capacity", "generation", "n")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 16:
+            raise ValueError(f"max_points must be at least 16, got {capacity}")
+        self.capacity = capacity
+        size = min(capacity, _FIRST_CAPACITY)
+        self._step = np.empty(size)
+        self._ts = np.empty(size)
+        self._value = np.empty(size)
+        self.n = 0
+        self.appended = 0
+        self.generation = 0
+
+    def append(self, step: float, ts: float, value: float) -> None:
+        n = self.n
+        if n and ts < self._ts[n - 1] - _JITTER:
+            self.merge(np.array([step]), np.array([ts]), np.array([value]))
+            return
+        if n == len(self._ts):
+            self._make_room()
+            n = self.n
+        self._step[n] = step
+        self._ts[n] = ts
+        self._value[n] = value
+        self.n = n + 1
+        self.appended += 1
+
+    def merge(self, step: FloatArray, ts: FloatArray, value: FloatArray) -> None:
+        """Take points that may be older than those held (history); keeps time order."""
+        if not len(ts):
+            return
+        n = self.n
+        older = bool(n) and float(ts.min()) < float(self._ts[n - 1])
+        steps = np.concatenate([self._step[:n], step])
+        times = np.concatenate([self._ts[:n], ts])
+        values = np.concatenate([self._value[:n], value])
+        order = np.argsort(times, kind="stable")
+        steps, times, values = steps[order], times[order], values[order]
+        while len(times) > self.capacity:
+            steps, times, values = _thin_older_half(steps, times, values, self.capacity)
+        size = max(len(times), min(self.capacity, max(len(self._ts), _FIRST_CAPACITY)))
+        self._step = np.empty(size)
+        self._ts = np.empty(size)
+        self._value = np.empty(size)
+        m = len(times)
+        self._step[:m], self._ts[:m], self._value[:m] = steps, times, values
+        self.n = m
+        self.appended += len(ts)
+        if older:
+            self.generation += 1
+
+    def _make_room(self) -> None:
+        size = len(self._ts)
+        if size < self.capacity:
+            grown = min(self.capacity, size * 2)
+            for name in ("_step", "_ts", "_value"):
+                old = getattr(self, name)
+                new = np.empty(grown)
+                new[:size] = old
+                setattr(self, name, new)
+            return
+        steps, times, values = _thin_older_half(self._step, self._ts, self._value, self.capacity)
+        m = len(times)
+        self._step[:m], self._ts[:m], self._value[:m] = steps, times, values
+        self.n = m
+
+    def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Copies of (step, ts, value) of every point held."""
+        n = self.n
+        return self._step[:n].copy(), self._ts[:n].copy(), self._value[:n].copy()
+
+    def since(self, appended: int) -> tuple[FloatArray, FloatArray, FloatArray] | None:
+        """Copies of the points taken after the reader's ``appended``; None if not all are held."""
+        new = self.appended - appended
+        if new < 0 or new > self.n:
+            return None
+        n = self.n
+        lo = n - new
+        return self._step[lo:n].copy(), self._ts[lo:n].copy(), self._value[lo:n].copy()
+
+    def tail(self, count: int) -> FloatArray:
+        """A copy of the last ``count`` values."""
+        n = self.n
+        return self._value[max(0, n - count) : n].copy()
+
+    def last(self) -> float:
+        return float(self._value[self.n - 1]) if self.n else math.nan
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._step.nbytes + self._ts.nbytes + self._value.nbytes)
+
+
+def _thin_older_half(
+    steps: FloatArray, times: FloatArray, values: FloatArray, capacity: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    # Keep every other point of the older half: the run's beginning stays visible at half
+    # the resolution and the recent half, which a reader watches, keeps every point.
+    n = len(times)
+    half = max(1, min(n, capacity) // 2)
+    keep = np.concatenate([np.arange(0, half, 2), np.arange(half, n)])
+    return steps[keep].copy(), times[keep].copy(), values[keep].copy()
+
+
+@dataclass
+class SourceData:
+    """One run or node: its series and what the page shows about it."""
+
+    name: str
+    colour: int
+    series: dict[str, Series] = field(default_factory=dict)
+    first_ts: float = math.inf
+    last_ts: float = -math.inf
+    last_seen: float = 0.0  # receipt time (monotonic) of the last live message
+    status: str = "running"
+    error: str = ""
+    node: str = ""
+    episodes: int = 0
+    ignored_series: int = 0
+
+    def touch(self, ts: float) -> None:
+        self.first_ts = min(self.first_ts, ts)
+        self.last_ts = max(self.last_ts, ts)
+
+
+@dataclass
+class BusHealth:
+    """Counters behind the header: rate, age of the last message, drops and gaps."""
+
+    received: int = 0
+    last_receipt: float | None = None  # wall clock
+    gaps: int = 0
+    missing: int = 0
+    undecodable: int = 0
+    dropped_by_pub: dict[str, int] = field(default_factory=dict)
+    broker: dict[str, Any] = field(default_factory=dict)
+    _per_second: collections.deque[tuple[int, int]] = field(default_factory=lambda: collections.deque(maxlen=16))
+
+    def count(self, now: float, n: int) -> None:
+        self.received += n
+        self.last_receipt = now
+        second = int(now)
+        if self._per_second and self._per_second[-1][0] == second:
+            self._per_second[-1] = (second, self._per_second[-1][1] + n)
+        else:
+            self._per_second.append((second, n))
+
+    def rate(self, now: float, window: int = 10) -> float:
+        # whole seconds only: the current, partial second would read low
+        current = int(now)
+        total = sum(n for second, n in self._per_second if current - window <= second < current)
+        return total / window
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_pub.values())
+
+
+@dataclass
+class AlertBook:
+    """Firing alerts by (source, rule, metric) and the resolved ones, newest first."""
+
+    max_history: int
+    active: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    history: collections.deque[dict[str, Any]] = field(default_factory=collections.deque)
+    fired: collections.Counter[str] = field(default_factory=collections.Counter)
+    version: int = 0
+
+    def take(self, message: Message) -> None:
+        data = message.data
+        source = message.run or message.node
+        rule = str(data.get("rule", "?"))
+        key = (source, rule, str(data.get("metric", "")))
+        entry = {
+            "source": source,
+            "run": message.run,
+            "node": message.node,
+            "rule": rule,
+            "severity": str(data.get("severity", "warning")),
+            "state": str(data.get("state", "firing")),
+            "message": str(data.get("message", "")),
+            "metric": data.get("metric"),
+            "value": data.get("value"),
+            "threshold": data.get("threshold"),
+            "since": data.get("since"),
+            "ts": message.ts,
+        }
+        if entry["state"] == "resolved":
+            fired = self.active.pop(key, None)
+            entry["fired_ts"] = fired["ts"] if fired else entry["since"]
+            self.history.appendleft(entry)
+            while len(self.history) > self.max_history:
+                self.history.pop()
+        else:
+            if key not in self.active:
+                self.fired[source] += 1
+            self.active[key] = entry
+        self.version += 1
+
+    def firing(self) -> list[dict[str, Any]]:
+        return sorted(self.active.values(), key=lambda a: (SEVERITY_ORDER.get(a["severity"], 9), -a["ts"]))
+
+
+@dataclass
+class _Seen:
+    """Per (source, kind, publisher): the highest seq taken from files, the first seen live."""
+
+    file_max: int = -1
+    live_min: int | None = None
+
+
+class Store:
+    """Thread-safe: the sink's thread writes, the web server's threads read (under ``lock``)."""
+
+    def __init__(
+        self,
+        *,
+        max_points: int = 20_000,
+        max_runs: int = 50,
+        max_nodes: int = 50,
+        max_series: int = 500,
+        max_alerts: int = 1000,
+        silent_after: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        Series(max_points)  # validates max_points before anything is taken
+        self.max_points = max_points
+        self.max_runs = max_runs
+        self.max_nodes = max_nodes
+        self.max_series = max_series
+        self.silent_after = silent_after
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.runs: dict[str, SourceData] = {}
+        self.nodes: dict[str, SourceData] = {}
+        self.alerts = AlertBook(max_alerts)
+        self.health = BusHealth()
+        #: Bumped when what the page lays out changes: a run, node or series appears or goes.
+        self.version = 0
+        self._seen: dict[tuple[Source, str, str], _Seen] = {}
+        self._colours = 0
+        self._live_sources: set[Source] = set()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def add_live(self, batch: Iterable[Message]) -> list[Source]:
+        """Take live messages; returns the sources seen live for the first time (to load their history)."""
+        new: list[Source] = []
+        count = 0
+        with self.lock:
+            now = self.clock()
+            for message in batch:
+                count += 1
+                if message.kind == "bus":
+                    self._bus(message)
+                    continue
+                source = _source_of(message)
+                if source is None:
+                    continue
+                if source not in self._live_sources:
+                    self._live_sources.add(source)
+                    new.append(source)
+                seen = self._seen_for(source, message)
+                if message.seq <= seen.file_max:
+                    continue  # already taken from the JSONL history
+                if seen.live_min is None:
+                    seen.live_min = message.seq
+                data = self._take(source, message)
+                if data is not None:
+                    data.last_seen = now
+            self.health.count(now, count)
+        return new
+
+    def add_history(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Take records read from JSONL files (any order of kinds); returns how many were new."""
+        pending: dict[tuple[Source, str], list[tuple[float, float, float]]] = {}
+        taken = 0
+        with self.lock:
+            for record in records:
+                message = _message_of(record)
+                if message is None or message.kind == "bus":
+                    continue
+                source = _source_of(message)
+                if source is None:
+                    continue
+                seen = self._seen_for(source, message)
+                if message.seq <= seen.file_max or (seen.live_min is not None and message.seq >= seen.live_min):
+                    continue  # taken already, or arrives (arrived) live
+                seen.file_max = message.seq
+                taken += 1
+                self._take(source, message, pending)
+            for (source, metric), points in pending.items():
+                data = self._data(source)
+                if data is None:
+                    continue
+                series = self._series(data, metric)
+                if series is not None:
+                    arr = np.array(points, dtype=np.float64)
+                    series.merge(arr[:, 0], arr[:, 1], arr[:, 2])
+            if taken:
+                self.version += 1
+        return taken
+
+    def _seen_for(self, source: Source, message: Message) -> _Seen:
+        key = (source, message.kind, message.pub)
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen()
+        return seen
+
+    def _data(self, source: Source) -> SourceData | None:
+        scope, name = source
+        table, limit = (self.runs, self.max_runs) if scope == RUN else (self.nodes, self.max_nodes)
+        data = table.get(name)
+        if data is None:
+            if len(table) >= limit:
+                victim = min(table.values(), key=lambda d: (d.status == "running", d.last_ts))
+                del table[victim.name]
+                self._live_sources.discard((scope, victim.name))
+                self._seen = {k: v for k, v in self._seen.items() if k[0] != (scope, victim.name)}
+            data = table[name] = SourceData(name, self._colours)
+            self._colours += 1
+            self.version += 1
+        return data
+
+    def _series(self, data: SourceData, metric: str) -> Series | None:
+        series = data.series.get(metric)
+        if series is None:
+            if len(data.series) >= self.max_series:
+                data.ignored_series += 1
+                return None
+            series = data.series[metric] = Series(self.max_points)
+            self.version += 1
+        return series
+
+    def _take(
+        self,
+        source: Source,
+        message: Message,
+        pending: dict[tuple[Source, str], list[tuple[float, float, float]]] | None = None,
+    ) -> SourceData | None:
+        data = self._data(source)
+        if data is None:
+            return None
+        data.touch(message.ts)
+        data.node = message.node
+        kind = message.kind
+        if kind == "event":
+            self._event(data, message)
+            return data
+        if kind == "alert":
+            self.alerts.take(message)
+            return data
+        if kind == "episode":
+            data.episodes += 1
+            prefix = EPISODE_PREFIX
+            x = float(message.step) if message.step is not None else float(data.episodes)
+        else:
+            prefix = ""
+            x = float(message.step) if message.step is not None else math.nan
+        for name, value in message.data.items():
+            number = _number(value)
+            if number is None:
+                continue
+            metric = prefix + name
+            if pending is not None:
+                pending.setdefault((source, metric), []).append((x, message.ts, number))
+                continue
+            series = self._series(data, metric)
+            if series is not None:
+                series.append(x, message.ts, number)
+        if data.status in ("silent",):
+            data.status = "running"
+        return data
+
+    def _event(self, data: SourceData, message: Message) -> None:
+        event = message.data.get("event")
+        before = data.status
+        if event == "run_started":
+            data.status = "running"
+            data.error = ""
+        elif event == "run_ended":
+            status = str(message.data.get("status", "completed"))
+            data.status = status if status in FINISHED else "completed"
+            data.error = str(message.data.get("error") or "")
+        elif event == "heartbeat":
+            dropped = message.data.get("dropped")
+            if isinstance(dropped, int):
+                self.health.dropped_by_pub[message.pub] = dropped
+        if data.status != before:
+            self.version += 1
+
+    def _bus(self, message: Message) -> None:
+        data = message.data
+        event = data.get("event")
+        if event == "gap":
+            self.health.gaps += 1
+            missing = data.get("missing")
+            self.health.missing += missing if isinstance(missing, int) else 0
+        elif event == "undecodable":
+            total = data.get("total")
+            if isinstance(total, int):
+                self.health.undecodable = max(self.health.undecodable, total)
+        elif event == "broker_stats":
+            self.health.broker = dict(data)
+
+    # -- reading (callers hold ``lock`` across related reads) -----------------------------------
+
+    def status(self, data: SourceData) -> str:
+        """``running``, ``completed``, ``failed``, ``interrupted`` or ``silent``."""
+        if data.status == "running" and self.clock() - data.last_ts > self.silent_after:
+            return "silent"
+        return data.status
+
+    def sources(self, scope: str) -> dict[str, SourceData]:
+        return self.runs if scope == RUN else self.nodes
+
+    def memory_bytes(self) -> int:
+        with self.lock:
+            return sum(s.nbytes for table in (self.runs, self.nodes) for d in table.values() for s in d.series.values())
+
+    def bound_bytes(self) -> int:
+        """The most the series may take: every limit filled (24 bytes a point)."""
+        return (self.max_runs + self.max_nodes) * self.max_series * self.max_points * 24
+
+
+def _source_of(message: Message) -> Source | None:
+    if message.kind == "system":
+        return (NODE, message.node)
+    if message.run is not None:
+        return (RUN, message.run)
+    if message.kind == "alert":
+        return (NODE, message.node)
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if type(value) is float:
+        return value
+    if type(value) in (int, bool):
+        return float(value)
+    return None
+
+
+def _message_of(record: Mapping[str, Any]) -> Message | None:
+    """A JSONL record as a :class:`Message`, or None if it is not one (skipped, not fatal)."""
+    try:
+        kind = record["kind"]
+        if kind not in KINDS:
+            raise DecodeError(kind)
+        step = record.get("step")
+        return Message(
+            kind,
+            record.get("run"),
+            str(record["node"]),
+            str(record["pub"]),
+            int(record["seq"]),
+            float(record["ts"]),
+            int(step) if step is not None else None,
+            dict(record["data"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def history_records(root: str, source: Source) -> Iterator[dict[str, Any]]:
+    """Every record the JSONL sink wrote for ``source`` under ``root`` (nothing if none)."""
+    from sinks.jsonl_reader import node_dir, read_records, run_dir
+
+    scope, name = source
+    directory = run_dir(root, name) if scope == RUN else node_dir(root, name)
+    if directory.is_dir():
+        yield from read_records(directory)
