@@ -341,7 +341,7 @@ def bench_stack_throughput(s: Stack, n: int) -> tuple[float, float]:
     return n / ((end - start) / 1e9), cpu / n * 1e6
 
 
-def paced(rate: float, duration: float, send: Callable[[int], None]) -> int:
+def paced(rate: float, duration: float, send: Callable[[int], object]) -> int:
     """Call ``send(i)`` ``rate`` times a second for ``duration`` s (in 1 ms slices); returns the count."""
     start = time.monotonic()
     i = 0

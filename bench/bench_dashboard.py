@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -56,11 +57,9 @@ class RequestLog:
         self._lock = threading.Lock()
         local = threading.local()
 
-        @server.before_request
         def _start() -> None:
             local.start = time.perf_counter()
 
-        @server.after_request
         def _stop(response: Any) -> Any:
             from flask import request
 
@@ -70,6 +69,9 @@ class RequestLog:
                 with self._lock:
                     self.records.append((output, time.perf_counter() - local.start, size, request.content_length or 0))
             return response
+
+        server.before_request(_start)
+        server.after_request(_stop)
 
     def take(self) -> list[tuple[str, float, int, int]]:
         with self._lock:
@@ -113,7 +115,7 @@ def part_server(points: int, polls: int) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
     from support import free_port
 
-    from sinks.dashboard.app import Painter, View, chart_specs
+    from sinks.dashboard.charts import Painter, View, chart_specs
     from sinks.dashboard.sink import DashboardSink
 
     process = psutil.Process()
@@ -140,7 +142,7 @@ def part_server(points: int, polls: int) -> dict[str, Any]:
         full_bytes = sum(len(json.dumps(painter.full(s)[0], cls=plotly.utils.PlotlyJSONEncoder)) for s in specs)
     full_s = time.perf_counter() - started
 
-    results: dict[str, Any] = {}
+    results: dict[int, dict[str, Any]] = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -226,9 +228,11 @@ def part_latency(count: int) -> dict[str, Any]:
                 sub.recv_multipart()
                 page.wait_for_selector('[data-chart="m:lat/x"] .js-plotly-plot')
                 visible, raw = [], []
+                phases = random.Random(0)
                 for i in range(1, count + 1):
-                    # spread over the poll cycle, as real points arrive
-                    time.sleep(0.37)
+                    # at a random moment of the page's 1 s poll cycle, as real points arrive (a
+                    # fixed pause would lock onto one phase of the cycle and always measure it)
+                    time.sleep(phases.uniform(0.0, 1.0))
                     started = time.perf_counter()
                     pub.metrics({"lat/x": float(i)}, step=i)
                     sub.recv_multipart()

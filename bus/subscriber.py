@@ -7,7 +7,9 @@ decode are counted and reported (rate-limited); they never stop the sink.
 
 Gaps and undecodable frames are also handed to the sink as ``bus`` messages
 (``data.event`` = ``gap`` / ``undecodable``) when the sink subscribes to ``bus/``, so the
-JSONL sink records where data is missing.
+JSONL sink records where data is missing. Only a sink whose topics let every kind through
+tracks gaps: ``seq`` counts all of a publisher's messages, so to a ``metrics/``-only sink
+every heartbeat in between would look like a loss.
 """
 
 from __future__ import annotations

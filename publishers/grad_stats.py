@@ -137,6 +137,9 @@ class _Group:
     before: list[torch.Tensor] | None = None
     param_hooks: list[Any] = field(default_factory=list)
     step_hooks: list[Any] = field(default_factory=list)
+    #: a parameter seen to get a gradient: once known, arming hooks it alone
+    sentinel: int | None = None
+    fired: int | None = None
 
     def due(self, every: int) -> bool:
         return self.updates % every == 0
@@ -191,10 +194,15 @@ class GradientTap:
     # -- hooks ------------------------------------------------------------------------------------
 
     def _arm(self, group: _Group) -> None:
-        if not group.param_hooks:
-            hook = self._make_hook(group)
-            for _, p in group.stats.params:
-                group.param_hooks.append(p.register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
+        # registering costs too (~25 µs a hook): one sentinel parameter suffices to learn
+        # that a backward pass reached the group; all of them only until one is known
+        if group.param_hooks:
+            return
+        params = group.stats.params
+        chosen = range(len(params)) if group.sentinel is None or group.optimizer is None else [group.sentinel]
+        for i in chosen:
+            hook = self._make_hook(group, i)
+            group.param_hooks.append(params[i][1].register_post_accumulate_grad_hook(hook))  # type: ignore[no-untyped-call]
 
     def _disarm(self, group: _Group) -> None:
         for handle in group.param_hooks:
@@ -202,9 +210,10 @@ class GradientTap:
         group.param_hooks.clear()
         group.touched = False
 
-    def _make_hook(self, group: _Group) -> Callable[[torch.Tensor], None]:
+    def _make_hook(self, group: _Group, index: int) -> Callable[[torch.Tensor], None]:
         def hook(_param: torch.Tensor) -> None:
             group.touched = True
+            group.fired = index
             if not self._queued:
                 self._queued = True
                 Variable._execution_engine.queue_callback(self._end_of_backward)
@@ -247,10 +256,12 @@ class GradientTap:
             group.updates += 1
             pending, before = group.pending, group.before
             group.pending = group.before = None
+            if group.param_hooks:  # this step was armed for: keep a sentinel that fired, drop one that did not
+                group.sentinel = group.fired if pending is not None else None
+                self._disarm(group)
+            group.fired = None
             if group.due(self.every):
                 self._arm(group)
-            else:
-                self._disarm(group)
             if pending is None:
                 return
             try:

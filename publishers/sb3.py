@@ -35,6 +35,7 @@ from stable_baselines3.common.logger import KVWriter, filter_excluded_keys
 
 from bus.message import check_run_id
 from bus.publisher import Publisher
+from publishers.grad_stats import GradientTap
 
 log = logging.getLogger("metricbus.sb3")
 
@@ -282,8 +283,6 @@ class MetricbusCallback(BaseCallback):
         self._guarded_class = guarded_class
 
     def _attach_gradients(self) -> None:
-        from publishers.grad_stats import GradientTap
-
         try:
             self._tap = GradientTap(_optimizer_groups(self.model.policy), self._publish_grads, every=self.grad_every)
         except Exception as exc:

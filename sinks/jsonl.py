@@ -11,6 +11,9 @@ DuckDB read back.
 Why lines are buffered and written with one ``os.write`` per file: a write of whole lines
 either lands or not, so a killed sink leaves at most one torn final line, and a short
 write (disk full) is undone with ``ftruncate`` so no corrupt line is ever left behind.
+fsync runs on its own thread (a slow disk must not stall the loop and every line's
+latency), and idle files are closed so a sink that lives through many runs stays within
+its descriptor limit.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,7 +47,12 @@ NODES_DIR: Final = "_nodes"
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
 #: Bytes read from the end of each file on start to recover the last seq per publisher.
 _TAIL_BYTES: Final = 256 * 1024
+#: Cached line heads (one per publisher and kind); past this the cache starts over.
 _MAX_ROUTES: Final = 65536
+#: last_seen() reads only files written this recently (a restart after a crash is sooner).
+_RECENT_SECONDS: Final = 3600.0
+#: Descriptors the sink keeps open at most; idle files are closed and reopened on demand.
+_MAX_OPEN: Final = 128
 
 
 def _value_encoder() -> Callable[[Any], str]:
@@ -94,18 +103,23 @@ def _rotation_index(candidate: Path, current: Path) -> int:
 
 
 class _File:
-    """One open JSONL file with its pending whole lines."""
+    """One JSONL file with its pending whole lines; ``fd`` is -1 while it is closed for lack of use."""
 
     __slots__ = ("fd", "lines", "path", "pending_bytes", "size")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Read access too: a torn tail left by a killed writer is found by reading the end.
-        self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        self.size = _drop_torn_tail(self.fd)
+        self.fd = -1
+        self.size = 0
         self.lines: list[str] = []
         self.pending_bytes = 0
+        self.open()
+
+    def open(self) -> None:
+        # Read access too: a torn tail left by a killed writer is found by reading the end.
+        self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self.size = _drop_torn_tail(self.fd)
 
 
 def _drop_torn_tail(fd: int) -> int:
@@ -126,6 +140,58 @@ def _drop_torn_tail(fd: int) -> int:
     os.ftruncate(fd, new_size)
     log.warning("dropped a torn last line (%d bytes) at the end of a file", size - new_size)
     return new_size
+
+
+class _Syncer:
+    """Runs fsync on a thread of its own; one round at a time, a request during one is declined.
+
+    Each round works on duplicated descriptors, so a file rotated or closed meanwhile is
+    still flushed and no descriptor number is ever reused under it.
+    """
+
+    def __init__(self) -> None:
+        self._work: list[tuple[int, Path]] | None = None
+        self._busy = False
+        self._closing = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None  # started on the first request
+
+    def request(self, files: list[tuple[int, Path]]) -> bool:
+        with self._cond:
+            if self._busy or self._work is not None or self._closing:
+                return False
+            self._work = [(os.dup(fd), path) for fd, path in files]
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="jsonl-fsync", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._work is None and not self._closing:
+                    self._cond.wait()
+                work, self._work = self._work, None
+                if work is None:
+                    return
+                self._busy = True
+            for fd, path in work:
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    log.warning("fsync of %s failed: %s", path, exc)
+                finally:
+                    os.close(fd)
+            with self._cond:
+                self._busy = False
 
 
 class JsonlSink:
@@ -151,6 +217,9 @@ class JsonlSink:
         self._routes: dict[tuple[str, str | None, str, str], tuple[_File, str]] = {}
         self._last_fsync = time.monotonic()
         self._dirty_since_fsync: set[_File] = set()
+        self._syncer = _Syncer()
+        #: Files with a descriptor, least recently written first (bounded by ``_MAX_OPEN``).
+        self._open_files: dict[_File, None] = {}
         # Run by `metricbus sink`, a write failure (disk full) is also an alert on the bus.
         self._alarm = WriteAlarm(context)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -183,17 +252,23 @@ class JsonlSink:
             self._write(target)
 
     def flush(self) -> None:
-        for target in self._files.values():
+        for target in list(self._open_files):  # lines wait only where a write failed: open files
             if target.lines:
                 self._write(target)
-        if time.monotonic() - self._last_fsync >= self.fsync_interval:
-            self._fsync()
+        due = time.monotonic() - self._last_fsync >= self.fsync_interval and self._dirty_since_fsync
+        # in the background: a slow disk must not stall the loop (and every line's latency)
+        if due and self._syncer.request([(t.fd, t.path) for t in self._dirty_since_fsync]):
+            self._dirty_since_fsync.clear()
+            self._last_fsync = time.monotonic()
 
     def close(self) -> None:
         self.flush()
+        self._syncer.close()
         self._fsync()
-        for target in self._files.values():
+        for target in self._open_files:
             os.close(target.fd)
+            target.fd = -1
+        self._open_files.clear()
         self._files.clear()
         self._routes.clear()
         self._alarm.close()
@@ -203,8 +278,14 @@ class JsonlSink:
     def last_seen(self) -> dict[str, int]:
         """Last seq per publisher found at the end of the current files (for gap detection)."""
         last: dict[str, int] = {}
+        recent = time.time() - _RECENT_SECONDS
         for path in self.root.glob("**/*.jsonl"):
             if re.search(r"\.\d{6}\.jsonl$", path.name):
+                continue
+            try:
+                if path.stat().st_mtime < recent:
+                    continue  # an old run: its publishers are gone, and reading it would slow every start
+            except OSError:
                 continue
             try:
                 with path.open("rb") as f:
@@ -241,10 +322,39 @@ class JsonlSink:
         path = self.root / relative
         target = self._files.get(path)
         if target is None:
+            self._make_room()
             target = self._files[path] = _File(path)
+            self._open_files[target] = None
         return target
 
+    def _make_room(self) -> None:
+        """Close the least recently written files beyond the bound (they reopen when written).
+
+        A long-lived sink sees run after run, and every run and kind is a file: keeping all
+        of them open would end in EMFILE.
+        """
+        for target in list(self._open_files):
+            if len(self._open_files) < _MAX_OPEN:
+                return
+            if target.lines:
+                continue  # about to be written in this batch
+            if target in self._dirty_since_fsync:
+                self._dirty_since_fsync.discard(target)
+                try:
+                    os.fsync(target.fd)
+                except OSError as exc:
+                    log.warning("fsync of %s failed: %s", target.path, exc)
+            os.close(target.fd)
+            target.fd = -1
+            del self._open_files[target]
+
     def _write(self, target: _File) -> None:
+        if target.fd < 0:
+            self._make_room()
+            target.open()
+        # most recently written last: the next file to close is the first
+        self._open_files.pop(target, None)
+        self._open_files[target] = None
         data = "".join(target.lines).encode()
         if target.size and target.size + len(data) > self.rotate_bytes:
             self._rotate(target)

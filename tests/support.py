@@ -31,7 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -94,7 +96,9 @@ class Stack:
                 stderr=err,
                 env=self.env,
             )
-        wait_until(lambda: "ready" in self.stdout() or self.proc.poll() is not None, timeout, "metricbus up to be ready")
+        wait_until(
+            lambda: "ready" in self.stdout() or self.proc.poll() is not None, timeout, "metricbus up to be ready"
+        )
         if self.proc.poll() is not None:
             raise AssertionError(f"metricbus up exited {self.proc.returncode}:\n{self.stdout()}\n{self.stderr()}")
         return self
@@ -128,7 +132,9 @@ class Stack:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"metricbus up did not stop in {timeout} s:\n{self.stdout()}\n{self.stderr()}") from None
+            raise AssertionError(
+                f"metricbus up did not stop in {timeout} s:\n{self.stdout()}\n{self.stderr()}"
+            ) from None
 
     def records(self, run: str, kind: str) -> list[dict[str, Any]]:
         return records(self.root, run, kind)

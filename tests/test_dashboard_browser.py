@@ -90,23 +90,29 @@ def write_history(root: Path) -> None:
     sink.close()
 
 
+class DashboardStack(Stack):
+    url = ""
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardStack]:
     workdir = tmp_path_factory.mktemp("dashboard")
     root = workdir / "logs"
     write_history(root)
+    port = free_port()
     sinks = {
         "jsonl": {"type": "jsonl", "root": str(root)},
         "dashboard": {
             "type": "dashboard",
-            "port": free_port(),
+            "port": port,
             "history_root": str(root),
             "poll_interval": 0.5,
             "silent_after": 300.0,
         },
     }
-    running = Stack(workdir, sinks=sinks).start()
-    running.url = f"http://127.0.0.1:{sinks['dashboard']['port']}"  # type: ignore[attr-defined]
+    running = DashboardStack(workdir, sinks=sinks)
+    running.url = f"http://127.0.0.1:{port}"
+    running.start()
     try:
         yield running
     finally:
@@ -114,7 +120,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def publishers(stack: Stack) -> Iterator[dict[str, Publisher]]:
+def publishers(stack: DashboardStack) -> Iterator[dict[str, Publisher]]:
     """Two runs with metrics and episodes, and one node with system metrics (GPU included)."""
     pubs = {
         "ppo-a": Publisher(stack.frontend, run="ppo-a", node="trainer-1"),
@@ -179,12 +185,12 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def dashboard(stack: Stack, publishers: dict[str, Publisher], browser: Any) -> Iterator[Dashboard]:
+def dashboard(stack: DashboardStack, publishers: dict[str, Publisher], browser: Any) -> Iterator[Dashboard]:
     """A fresh page with both runs' training charts drawn."""
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.set_default_timeout(30_000)
     try:
-        page.goto(stack.url)  # type: ignore[attr-defined]
+        page.goto(stack.url)
         view = Dashboard(page)
         for run in ("ppo-a", "ppo-b"):
             view.wait_points("m:train/loss", run, lambda t: 1990 in t["x"], 30, f"{run}'s training chart")
@@ -203,7 +209,11 @@ def test_page_shows_both_runs_and_the_nodes_system_charts(dashboard: Dashboard) 
     assert episodes["x"][0] == 0
     page.wait_for_selector('[data-node="node-x"] [data-chart="n:node-x:cpu/percent"] .js-plotly-plot')
     for chart in ("cpu/percent", "mem/percent", "disk/percent", "net/bytes_per_s", "gpu/util_percent", "gpu/temp_c"):
-        wait_until(lambda c=chart: any(t["x"] for t in dashboard.traces(f"n:node-x:{c}")), 10, f"node chart {chart}")
+
+        def drawn(chart: str = chart) -> bool:
+            return any(t["x"] for t in dashboard.traces(f"n:node-x:{chart}"))
+
+        wait_until(drawn, 10, f"node chart {chart}")
     net = {t["name"] for t in dashboard.traces("n:node-x:net/bytes_per_s") if t["role"] == "raw"}
     assert net == {"net/rx_bytes_per_s", "net/tx_bytes_per_s"}
     page.wait_for_selector('#run-table tr[data-run="ppo-a"][data-status="running"]')
@@ -248,6 +258,28 @@ def test_alert_appears_firing_then_moves_to_history(dashboard: Dashboard, publis
     publishers["ppo-b"].alert({**alert, "state": "resolved", "message": "grad norm back under 100"})
     page.wait_for_selector('[data-alerts="resolved"] tr[data-alert-rule="grad_explosion"]')
     page.wait_for_selector('[data-alerts="firing"][data-count="0"]')
+
+
+def test_header_counts_seq_gaps_and_publisher_drops(dashboard: Dashboard, publishers: dict[str, Publisher]) -> None:
+    """A publisher's seq jump shows as a gap with its lost count; its heartbeat's drops are summed."""
+    page = dashboard.page
+    gaps_before = int(page.get_attribute("#health-gaps", "data-gaps") or 0)
+    missing_before = int(page.get_attribute("#health-gaps", "data-missing") or 0)
+
+    def payload(seq: int, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        return {"v": 1, "kind": kind, "run": "gappy", "node": "n", "pub": "gappy-pub", "seq": seq,
+                "ts": time.time(), "step": seq, "data": data}  # fmt: skip
+
+    # forward() sends recorded payloads as they are: seq 1..4 never reach the bus
+    publishers["ppo-a"].forward(payload(0, "metrics", {"x": 1.0}))
+    publishers["ppo-a"].forward(payload(5, "metrics", {"x": 2.0}))
+    publishers["ppo-a"].forward(payload(6, "event", {"event": "heartbeat", "sent": 7, "dropped": 3}))
+    page.wait_for_function(
+        "([g, m]) => { const e = document.getElementById('health-gaps');"
+        " return e && +e.dataset.gaps === g + 1 && +e.dataset.missing === m + 4; }",
+        arg=[gaps_before, missing_before],
+    )
+    page.wait_for_selector('#health-dropped[data-dropped="3"]')
 
 
 def test_run_filter_hides_a_run(dashboard: Dashboard) -> None:
@@ -307,7 +339,7 @@ def test_history_written_before_start_is_shown_whole(dashboard: Dashboard) -> No
     assert trace["y"][0] == pytest.approx(1.0)
 
 
-def test_screenshot_is_written_as_an_artifact(dashboard: Dashboard, stack: Stack) -> None:
+def test_screenshot_is_written_as_an_artifact(dashboard: Dashboard) -> None:
     """A full-page screenshot with drawn charts lands in artifacts/ for a human to look at."""
     page = dashboard.page
     page.wait_for_selector('[data-node="node-x"] [data-chart="n:node-x:cpu/percent"] .js-plotly-plot')

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +250,45 @@ def test_each_line_is_exactly_the_payload_as_compact_json(tmp_path: Path) -> Non
     written = {p.relative_to(tmp_path).as_posix(): p.read_text().splitlines() for p in tmp_path.rglob("*.jsonl")}
     lines = [line for _, file_lines in sorted(written.items()) for line in file_lines]
     assert sorted(lines) == sorted(compact(m.to_dict()) for m in messages)
+
+
+def test_a_sink_writing_many_runs_keeps_a_bounded_number_of_files_open(tmp_path: Path) -> None:
+    """Run after run, idle files are closed (no EMFILE on a long-lived sink) and reopen when written again."""
+    fds_before = len(os.listdir("/proc/self/fd"))
+    sink = JsonlSink(str(tmp_path))
+    for run in range(300):
+        sink.handle([msg(0, run=f"run-{run}"), msg(1, "event", run=f"run-{run}")])
+    assert len(os.listdir("/proc/self/fd")) - fds_before <= 130
+    sink.handle([msg(2, run="run-0")])  # its file was closed long ago
+    sink.close()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert [r["seq"] for r in read_records(run_dir(tmp_path, "run-0"), ["metrics"])] == [0, 2]
+    assert len(list_runs(tmp_path)) == 300
+
+
+def test_last_seen_skips_files_not_written_for_an_hour(tmp_path: Path) -> None:
+    """An old run's files are not read at start (its publishers are gone); recent ones are."""
+    sink = JsonlSink(str(tmp_path))
+    sink.handle([msg(4, run="old", pub="a"), msg(9, run="new", pub="b")])
+    sink.close()
+    old = tmp_path / "old" / "metrics.jsonl"
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert JsonlSink(str(tmp_path)).last_seen() == {"b": 9}
+
+
+def test_fsync_runs_off_the_loop_and_stops_with_the_sink(tmp_path: Path) -> None:
+    """Frequent background fsyncs survive rotations under them; close() ends the fsync thread."""
+
+    def fsync_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "jsonl-fsync"}
+
+    before = fsync_threads()
+    sink = JsonlSink(str(tmp_path), fsync_interval=0.0, rotate_bytes=1500)
+    for start in range(0, 400, 4):
+        sink.handle([msg(i) for i in range(start, start + 4)])
+        sink.flush()
+    assert fsync_threads() - before, "fsync ran on the loop's thread"
+    sink.close()
+    assert not fsync_threads() - before
+    assert [r["seq"] for r in read_records(tmp_path / "r1", ["metrics"])] == list(range(400))

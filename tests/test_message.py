@@ -19,6 +19,7 @@ from bus.message import (
     decode,
     encode,
     pack,
+    packer,
 )
 
 
@@ -255,3 +256,13 @@ def test_other_run_ids_are_refused(run: str) -> None:
     """check_run_id refuses anything else, naming the pattern."""
     with pytest.raises(ValueError, match="must match"):
         check_run_id(run)
+
+
+def test_a_reused_packer_recovers_after_an_encode_error() -> None:
+    """packer() (the publisher's) gives what pack() gives, also right after a value it refused."""
+    reuse = packer()
+    good = payload(data={"n": np.float32(1.5), "l": [1, {"m": None}]})
+    for bad in ({"o": object()}, {"a": np.zeros(2)}, {"big": 2**70}):
+        with pytest.raises(EncodeError):
+            reuse(payload(data=bad))
+        assert reuse(good) == pack(good)

@@ -97,13 +97,10 @@ def test_a_peer_that_never_reads_makes_sends_fail_fast_and_be_counted() -> None:
     try:
         # An unused socket handles no I/O commands: poll it (never recv) so the subscription goes out.
         wait_until(lambda: peer.poll(1, zmq.POLLOUT) and pub.connected, 10, "the peer's subscription")
-        started = time.monotonic()
-        for i in range(5000):
-            pub.metrics({"pad": "x" * 1000}, step=i)
-        elapsed = time.monotonic() - started
+        for i in range(3000):  # 30 MB: far more than the socket and kernel buffers hold
+            pub.metrics({"pad": "x" * 10_000}, step=i)  # a blocking send would hang here
         assert pub.dropped > 0
-        assert pub.sent + pub.dropped == 5000
-        assert elapsed < 10, "publish() blocked"  # a hang guard, not a timing assertion
+        assert pub.sent + pub.dropped == 3000
     finally:
         pub.close()
         peer.close()

@@ -100,3 +100,26 @@ def test_without_an_optimizer_every_backward_pass_counts(stack: Stack) -> None:
     assert [r["step"] for r in rows] == [0, 1]
     assert rows[0]["data"]["grad/global_norm"] == pytest.approx(math.sqrt(41))
     assert "weight/update_ratio" not in rows[0]["data"]
+
+
+def test_every_nth_optimizer_step_is_measured_and_hooks_come_off() -> None:
+    """every=3 over 7 steps measures steps 0, 3 and 6; after remove() no hook is left on the model."""
+    from publishers.grad_stats import GradientTap
+
+    net = _net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: every step has the hand-worked gradient
+    got: list[dict[str, float]] = []
+    tap = GradientTap([("", net.named_parameters(), optimizer)], got.append, every=3)
+    measured_at = []
+    for step in range(7):
+        optimizer.zero_grad()
+        net(X).sum().backward()
+        before = len(got)
+        optimizer.step()
+        if len(got) > before:
+            measured_at.append(step)
+    assert measured_at == [0, 3, 6]
+    assert all(g["grad/global_norm"] == pytest.approx(math.sqrt(41)) for g in got)
+    assert tap.errors == 0
+    tap.remove()
+    assert all(not p._post_accumulate_grad_hooks for p in net.parameters())

@@ -1,13 +1,14 @@
-"""The Dash page: layout and callbacks over a :class:`~sinks.dashboard.store.Store`.
+"""The Dash page: layout and callbacks over a :class:`~sinks.dashboard.store.Store`
+(which charts exist and how they are drawn is :mod:`sinks.dashboard.charts`).
 
 The page polls, one poll at a time (a poll waits for the last answer). Each poll answers
 with *only what is new*: a chart the browser already has gets ``extendData`` (Plotly's
 ``extendTraces``) with the points taken since its cursor, and the cursors (kept in the
 browser, in a ``dcc.Store``, so that a lost answer is simply asked again) change by a
-``Patch`` that carries only the series that moved.
-A chart is drawn whole only when it is new, when a control changed, when what it shows was
-merged out of order or when extends have made it long; then long series are downsampled
-(MinMaxLTTB per pixel bucket) and, up to a few charts a page, drawn with WebGL.
+``Patch`` that carries only the series that moved. A chart is drawn whole only when it is
+new, when a control changed, when what it shows was merged out of order or when extends
+have made it long; then long series are downsampled (MinMaxLTTB per pixel bucket) and, up
+to a few charts a page, drawn with WebGL.
 
 Test hooks: every chart sits in a ``div[data-chart=ID]``; health, run and alert elements
 carry ``data-*`` attributes, so a browser test reads state instead of pixels.
@@ -17,43 +18,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
-import numpy as np
+from sinks.dashboard.charts import ChartSpec, Painter, View, chart_specs, compile_filter
+from sinks.dashboard.figures import SECTIONS, X_MODES, colour
+from sinks.dashboard.panels import age_text, alert_table, attrs, run_table, valid_regex
+from sinks.dashboard.store import Store
 
-from sinks.dashboard import downsample
-from sinks.dashboard.figures import (
-    EPISODE_WINDOW,
-    SECTIONS,
-    SEVERITY_COLOURS,
-    STATUS_COLOURS,
-    X_MODES,
-    Y_DIGITS,
-    EmaState,
-    colour,
-    ema,
-    figure,
-    is_episode,
-    node_family,
-    plain,
-    rolling_mean,
-    section_of,
-    trace_pair,
-    x_values,
-)
-from sinks.dashboard.store import NODE, RUN, Series, SourceData, Store
-
-#: A chart's traces are redrawn (downsampled again) once extends have grown them past this
-#: many times the drawing budget, so the browser's memory stays bounded too.
-_REDRAW_FACTOR: Final = 3
 #: Charts drawn with WebGL at most (Chromium keeps 16 WebGL contexts per page).
 MAX_WEBGL_CHARTS: Final = 8
-#: At most this many charts per section; the metric search narrows the rest.
-MAX_CHARTS_PER_SECTION: Final = 48
 _CSS: Final = """
 body { font-family: system-ui, sans-serif; margin: 0; background: #f3f4f6; color: #1f2933; }
 header { background: #1f2933; color: #fff; padding: 8px 16px; display: flex; gap: 18px; align-items: baseline;
@@ -81,205 +56,6 @@ th, td { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; }
 .badge { padding: 1px 6px; border-radius: 3px; color: #fff; font-size: 12px; }
 .empty { color: #888; font-size: 13px; }
 """
-
-
-@dataclass(frozen=True)
-class SeriesRef:
-    scope: str
-    source: str
-    metric: str
-    label: str
-    colour: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.scope}|{self.source}|{self.metric}"
-
-
-@dataclass(frozen=True)
-class ChartSpec:
-    id: str
-    section: str  # a run section key, or "system"
-    title: str
-    node: str
-    series: tuple[SeriesRef, ...]
-    episode: bool
-
-
-@dataclass(frozen=True)
-class View:
-    """What the controls ask for."""
-
-    runs: tuple[str, ...]
-    search: str
-    smoothing: float
-    x_mode: str
-
-    def signature(self) -> list[Any]:
-        return [list(self.runs), self.smoothing, self.x_mode]
-
-
-def compile_filter(text: str | None) -> re.Pattern[str] | None:
-    """The regex in ``text``; an invalid one matches as a plain substring."""
-    if not text:
-        return None
-    try:
-        return re.compile(text)
-    except re.error:
-        return re.compile(re.escape(text))
-
-
-def chart_specs(store: Store, view: View) -> list[ChartSpec]:
-    """Every chart the view shows, in page order (caller holds the store's lock)."""
-    search = compile_filter(view.search)
-    runs = [store.runs[r] for r in view.runs if r in store.runs]
-    metrics: set[str] = set()
-    for data in runs:
-        metrics.update(data.series)
-    specs: list[ChartSpec] = []
-    per_section: dict[str, int] = {}
-    for metric in sorted(metrics):
-        if search is not None and not search.search(metric):
-            continue
-        section = section_of(metric)
-        per_section[section] = per_section.get(section, 0) + 1
-        if per_section[section] > MAX_CHARTS_PER_SECTION:
-            continue
-        refs = tuple(SeriesRef(RUN, d.name, metric, d.name, colour(d.colour)) for d in runs)
-        specs.append(ChartSpec(f"m:{metric}", section, metric, "", refs, is_episode(metric)))
-    for node in sorted(store.nodes):
-        data = store.nodes[node]
-        families: dict[str, list[str]] = {}
-        for metric in sorted(data.series):
-            if search is None or search.search(metric):
-                families.setdefault(node_family(metric), []).append(metric)
-        for family, members in families.items():
-            refs = tuple(
-                SeriesRef(NODE, node, m, m if len(members) > 1 else node, colour(i)) for i, m in enumerate(members)
-            )
-            specs.append(ChartSpec(f"n:{node}:{family}", "system", family, node, refs, False))
-    return specs
-
-
-# -- drawing -------------------------------------------------------------------------------------
-
-
-class Painter:
-    """Turns series into whole figures or into patches of what is new, for one view."""
-
-    def __init__(self, store: Store, view: View, draw_points: int, webgl_points: int) -> None:
-        self.store = store
-        self.view = view
-        self.draw_points = draw_points
-        self.webgl_points = webgl_points
-
-    def _origin(self, ref: SeriesRef) -> float:
-        data = self.store.sources(ref.scope).get(ref.source)
-        return data.first_ts if data is not None and math.isfinite(data.first_ts) else 0.0
-
-    def _x_mode(self, spec: ChartSpec) -> str:
-        # system samples carry no step: by step, a node's charts use wall time
-        return "wall" if spec.section == "system" and self.view.x_mode == "step" else self.view.x_mode
-
-    def _series(self, ref: SeriesRef) -> Series | None:
-        data: SourceData | None = self.store.sources(ref.scope).get(ref.source)
-        return data.series.get(ref.metric) if data is not None else None
-
-    def _smoothing_on(self, spec: ChartSpec) -> bool:
-        return spec.episode or self.view.smoothing > 0.0
-
-    def wants_webgl(self, spec: ChartSpec) -> bool:
-        longest = max((s.n for s in map(self._series, spec.series) if s is not None), default=0)
-        return longest >= self.webgl_points
-
-    def full(self, spec: ChartSpec, webgl: bool = False) -> tuple[dict[str, Any], dict[str, list[float]]]:
-        """The whole figure and the cursors of its series."""
-        traces: list[dict[str, Any]] = []
-        cursors: dict[str, list[float]] = {}
-        x_mode = self._x_mode(spec)
-        for ref in spec.series:
-            series = self._series(ref)
-            if series is None or series.n == 0:
-                step = ts = values = np.empty(0)
-                appended = generation = 0
-            else:
-                step, ts, values = series.arrays()
-                appended, generation = series.appended, series.generation
-            state = EmaState()
-            smooth = None
-            if spec.episode:
-                smooth = rolling_mean(values)
-            elif self._smoothing_on(spec):
-                smooth, state = ema(values, self.view.smoothing)
-            else:
-                _, state = ema(values, 0.0)
-            picked = downsample.select(values, self.draw_points)
-            x = x_values(step, ts, x_mode, self._origin(ref))[picked]
-            traces += trace_pair(
-                ref.label,
-                ref.colour,
-                x,
-                values[picked],
-                smooth[picked] if smooth is not None else None,
-                webgl=webgl,
-                group=ref.key,
-            )
-            cursors[ref.key] = [appended, generation, state.acc, state.den, len(picked)]
-        return figure(spec.title, traces, x_mode, spec.id), cursors
-
-    def extend(self, spec: ChartSpec, cursors: dict[str, list[float]]) -> tuple[Any, dict[str, list[float]]] | None:
-        """Graph ``extendData`` adding the new points, and the new cursors; None when a redraw is due.
-
-        Returns ``(None, {})`` when nothing is new. ``extendData`` makes the browser call
-        ``Plotly.extendTraces`` (append and redraw) where a figure ``Patch`` would make it
-        ``Plotly.react`` the whole figure, diffing every point it holds, on every poll.
-        """
-        x_mode = self._x_mode(spec)
-        xs: list[list[float | None]] = []
-        ys: list[list[float | None]] = []
-        indices: list[int] = []
-        changed: dict[str, list[float]] = {}
-        for i, ref in enumerate(spec.series):
-            cursor = cursors.get(ref.key)
-            series = self._series(ref)
-            if cursor is None:
-                return None
-            appended, generation, acc, den, drawn = cursor
-            if series is None:
-                if appended:
-                    return None
-                continue
-            if series.appended == appended:
-                continue
-            if series.generation != generation:
-                return None
-            new = series.since(int(appended))
-            if new is None or drawn + len(new[0]) > _REDRAW_FACTOR * self.draw_points:
-                return None
-            step, ts, values = new
-            x = plain(x_values(step, ts, x_mode, self._origin(ref)))
-            state = EmaState(acc, den)
-            xs.append(x)
-            ys.append(plain(values, Y_DIGITS))
-            indices.append(2 * i)
-            if spec.episode:
-                held = series.tail(len(values) + EPISODE_WINDOW)
-                smooth = rolling_mean(held)[-len(values) :]
-            elif self._smoothing_on(spec):
-                smooth, state = ema(values, self.view.smoothing, state)
-            else:
-                smooth = None
-                _, state = ema(values, 0.0, state)
-            if smooth is not None:
-                xs.append(x)
-                ys.append(plain(smooth, Y_DIGITS))
-                indices.append(2 * i + 1)
-            changed[ref.key] = [series.appended, series.generation, state.acc, state.den, drawn + len(values)]
-        if not changed:
-            return (None, {})
-        # maxPoints only as a safety net: the server redraws (downsampled) well before it
-        cap = 2 * _REDRAW_FACTOR * self.draw_points
-        return [{"x": xs, "y": ys}, indices, cap], changed
 
 
 # -- page -----------------------------------------------------------------------------------------
@@ -390,22 +166,6 @@ def layout(poll_interval: float, smoothing: float) -> Any:
     )
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
-
-
 def build_app(
     store: Store,
     *,
@@ -500,7 +260,7 @@ def build_app(
         view = view_of(runs, run_filter, search, 0.0, "step")
         with store.lock:
             specs = chart_specs(store, view)
-        bad = "" if not run_filter or _valid(run_filter) else "bad-regex"
+        bad = "" if not run_filter or valid_regex(run_filter) else "bad-regex"
         signature = [s.id for s in specs]
         if signature == ids:
             return (*[no_update] * 6, bad)
@@ -514,7 +274,7 @@ def build_app(
                 config={"displaylogo": False, "responsive": True},
                 style={"height": "260px"},
             )
-            return html.Div(graph, className="chart", **_attrs({"data-chart": spec.id}))
+            return html.Div(graph, className="chart", **attrs({"data-chart": spec.id}))
 
         for spec in specs:
             if spec.section == "system":
@@ -522,7 +282,7 @@ def build_app(
             else:
                 by_section[spec.section].append(card(spec))
         columns = [
-            html.Div([html.H3(node), *cards], className="node-col", **_attrs({"data-node": node}))
+            html.Div([html.H3(node), *cards], className="node-col", **attrs({"data-node": node}))
             for node, cards in nodes.items()
         ]
         empty = html.Div("no metrics yet", className="empty")
@@ -631,20 +391,20 @@ def build_app(
             html.Span(
                 [html.Span(className="dot", style={"background": dot}), "connected" if connected else "no messages"],
                 id="health-connected",
-                **_attrs({"data-connected": "true" if connected else "false"}),
+                **attrs({"data-connected": "true" if connected else "false"}),
             ),
-            html.Span(f"{rate:.1f} msg/s", id="health-rate", **_attrs({"data-rate": f"{rate:.3f}"})),
-            html.Span(f"last message {_age(age)} ago", id="health-age"),
-            html.Span(f"dropped {dropped}", id="health-dropped", **_attrs({"data-dropped": str(dropped)})),
+            html.Span(f"{rate:.1f} msg/s", id="health-rate", **attrs({"data-rate": f"{rate:.3f}"})),
+            html.Span(f"last message {age_text(age)} ago", id="health-age"),
+            html.Span(f"dropped {dropped}", id="health-dropped", **attrs({"data-dropped": str(dropped)})),
             html.Span(
                 f"gaps {gaps} ({missing} lost)" + (f", undecodable {undecodable}" if undecodable else ""),
                 id="health-gaps",
-                **_attrs({"data-gaps": str(gaps), "data-missing": str(missing)}),
+                **attrs({"data-gaps": str(gaps), "data-missing": str(missing)}),
             ),
             html.Span(
                 f"loading history of {pending} source(s)" if pending else "history loaded",
                 id="health-history",
-                **_attrs({"data-loading": str(pending)}),
+                **attrs({"data-loading": str(pending)}),
             ),
         ]
 
@@ -673,91 +433,12 @@ def build_app(
         status_key = json.dumps([r[:3] + r[4:5] for r in rows])
         out: list[Any] = [no_update, no_update, no_update]
         if keys.get("status") != status_key:
-            out[0] = _run_table(rows)
+            out[0] = run_table(rows)
         if keys.get("alerts") != alerts_version:
-            out[1] = _alert_table(firing, "firing")
-            out[2] = _alert_table(history, "resolved")
+            out[1] = alert_table(firing, "firing")
+            out[2] = alert_table(history, "resolved")
         if out == [no_update] * 3:
             return (*out, no_update)
         return (*out, {"status": status_key, "alerts": alerts_version})
 
     return app
-
-
-def _attrs(attrs: dict[str, str]) -> dict[str, Any]:
-    """``data-*`` attributes for a component (typed loosely: Dash's stubs list no data props)."""
-    return attrs
-
-
-def _valid(pattern: str) -> bool:
-    try:
-        re.compile(pattern)
-    except re.error:
-        return False
-    return True
-
-
-def _run_table(rows: list[tuple[Any, ...]]) -> Any:
-    from dash import html
-
-    if not rows:
-        return html.Div("no runs yet", className="empty")
-    body = []
-    for name, hex_colour, status, node, episodes, reward, error in rows:
-        body.append(
-            html.Tr(
-                [
-                    html.Td([html.Span(className="chip", style={"background": hex_colour}), name]),
-                    html.Td(
-                        html.Span(status, className="badge", style={"background": STATUS_COLOURS.get(status, "#555")}),
-                        title=error or None,
-                    ),
-                    html.Td(node),
-                    html.Td(str(episodes)),
-                    html.Td(_fmt(reward) if reward == reward else ""),
-                ],
-                **_attrs({"data-run": name, "data-status": status}),
-            )
-        )
-    head = html.Tr([html.Th(t) for t in ("run", "status", "node", "episodes", "last reward")])
-    return html.Table([html.Thead(head), html.Tbody(body)], id="run-table")
-
-
-def _alert_table(alerts: list[dict[str, Any]], state: str) -> Any:
-    from dash import html
-
-    if not alerts:
-        text = "no alert is firing" if state == "firing" else "no resolved alerts"
-        return html.Div(text, className="empty", **_attrs({"data-alerts": state, "data-count": "0"}))
-    rows = []
-    for a in alerts:
-        sev = a["severity"]
-        when = time.strftime("%H:%M:%S", time.localtime(a["ts"]))
-        rows.append(
-            html.Tr(
-                [
-                    html.Td(html.Span(sev, className="badge", style={"background": SEVERITY_COLOURS.get(sev, "#555")})),
-                    html.Td(a["rule"]),
-                    html.Td(a["source"]),
-                    html.Td(_fmt(a["metric"])),
-                    html.Td(_fmt(a["value"])),
-                    html.Td(_fmt(a["threshold"])),
-                    html.Td(a["message"]),
-                    html.Td(when),
-                ],
-                className=f"alert sev-{sev}",
-                style={"borderLeft": f"4px solid {SEVERITY_COLOURS.get(sev, '#555')}"},
-                **{
-                    "data-alert-rule": a["rule"],
-                    "data-severity": sev,
-                    "data-state": a["state"],
-                    "data-source": a["source"],
-                },
-            )
-        )
-    head = html.Tr(
-        [html.Th(t) for t in ("severity", "rule", "run/node", "metric", "value", "threshold", "message", "at")]
-    )
-    return html.Table(
-        [html.Thead(head), html.Tbody(rows)], **_attrs({"data-alerts": state, "data-count": str(len(alerts))})
-    )

@@ -167,7 +167,7 @@ def markdown(summaries: Sequence[RunSummary]) -> str:
 def html_report(store: Store, runs: Sequence[str], summaries: Sequence[RunSummary]) -> str:
     import plotly.io as pio
 
-    from sinks.dashboard.app import ChartSpec, Painter, View, chart_specs
+    from sinks.dashboard.charts import ChartSpec, Painter, View, chart_specs
 
     view = View(tuple(runs), "", 0.6, "step")
     specs: list[ChartSpec] = chart_specs(store, view)

@@ -118,7 +118,7 @@ class HistoryLoader:
 
 
 class DashboardSink:
-    """Serves the live dashboard at ``http://host:port``; see the module docstring.
+    """The live Dash dashboard at http://host:port, with history from the JSONL root.
 
     ``max_points`` bounds each series, ``max_runs``/``max_nodes`` the sources kept and
     ``max_series`` the metrics per source, so memory stays under

@@ -26,8 +26,9 @@ from typing import Any, Final
 import numpy as np
 
 from bus.message import KINDS, DecodeError, Message
+from sinks.dashboard.series import Series
 
-FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+__all__ = ["EPISODE_PREFIX", "NODE", "RUN", "Series", "Source", "SourceData", "Store", "history_records"]
 
 #: Where a series lives: ("run", run id) or ("node", node name).
 Source = tuple[str, str]
@@ -35,125 +36,8 @@ RUN: Final = "run"
 NODE: Final = "node"
 #: Episode fields become series named ``episode/<field>``.
 EPISODE_PREFIX: Final = "episode/"
-_FIRST_CAPACITY: Final = 256
-#: Publishers of one run on different hosts disagree on the clock by this much; a point this
-#: little out of order is appended, not merged (a merge makes readers redraw).
-_JITTER: Final = 1.0
 SEVERITY_ORDER: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 FINISHED: Final = frozenset({"completed", "failed", "interrupted"})
-
-
-class Series:
-    """One metric of one source: (step, ts, value) in time order, at most ``capacity`` points.
-
-    ``appended`` counts every point ever taken, so a reader that remembers it can ask for
-    only what is new (:meth:`since`). ``generation`` changes when older points were merged
-    in out of order (history arriving after live points): a reader must then redraw.
-    """
-
-    __slots__ = ("_step", "_ts", "_value", "appended", "capacity", "generation", "n")
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 16:
-            raise ValueError(f"max_points must be at least 16, got {capacity}")
-        self.capacity = capacity
-        size = min(capacity, _FIRST_CAPACITY)
-        self._step = np.empty(size)
-        self._ts = np.empty(size)
-        self._value = np.empty(size)
-        self.n = 0
-        self.appended = 0
-        self.generation = 0
-
-    def append(self, step: float, ts: float, value: float) -> None:
-        n = self.n
-        if n and ts < self._ts[n - 1] - _JITTER:
-            self.merge(np.array([step]), np.array([ts]), np.array([value]))
-            return
-        if n == len(self._ts):
-            self._make_room()
-            n = self.n
-        self._step[n] = step
-        self._ts[n] = ts
-        self._value[n] = value
-        self.n = n + 1
-        self.appended += 1
-
-    def merge(self, step: FloatArray, ts: FloatArray, value: FloatArray) -> None:
-        """Take points that may be older than those held (history); keeps time order."""
-        if not len(ts):
-            return
-        n = self.n
-        older = bool(n) and float(ts.min()) < float(self._ts[n - 1])
-        steps = np.concatenate([self._step[:n], step])
-        times = np.concatenate([self._ts[:n], ts])
-        values = np.concatenate([self._value[:n], value])
-        order = np.argsort(times, kind="stable")
-        steps, times, values = steps[order], times[order], values[order]
-        while len(times) > self.capacity:
-            steps, times, values = _thin_older_half(steps, times, values, self.capacity)
-        size = max(len(times), min(self.capacity, max(len(self._ts), _FIRST_CAPACITY)))
-        self._step = np.empty(size)
-        self._ts = np.empty(size)
-        self._value = np.empty(size)
-        m = len(times)
-        self._step[:m], self._ts[:m], self._value[:m] = steps, times, values
-        self.n = m
-        self.appended += len(ts)
-        if older:
-            self.generation += 1
-
-    def _make_room(self) -> None:
-        size = len(self._ts)
-        if size < self.capacity:
-            grown = min(self.capacity, size * 2)
-            for name in ("_step", "_ts", "_value"):
-                old = getattr(self, name)
-                new = np.empty(grown)
-                new[:size] = old
-                setattr(self, name, new)
-            return
-        steps, times, values = _thin_older_half(self._step, self._ts, self._value, self.capacity)
-        m = len(times)
-        self._step[:m], self._ts[:m], self._value[:m] = steps, times, values
-        self.n = m
-
-    def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Copies of (step, ts, value) of every point held."""
-        n = self.n
-        return self._step[:n].copy(), self._ts[:n].copy(), self._value[:n].copy()
-
-    def since(self, appended: int) -> tuple[FloatArray, FloatArray, FloatArray] | None:
-        """Copies of the points taken after the reader's ``appended``; None if not all are held."""
-        new = self.appended - appended
-        if new < 0 or new > self.n:
-            return None
-        n = self.n
-        lo = n - new
-        return self._step[lo:n].copy(), self._ts[lo:n].copy(), self._value[lo:n].copy()
-
-    def tail(self, count: int) -> FloatArray:
-        """A copy of the last ``count`` values."""
-        n = self.n
-        return self._value[max(0, n - count) : n].copy()
-
-    def last(self) -> float:
-        return float(self._value[self.n - 1]) if self.n else math.nan
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._step.nbytes + self._ts.nbytes + self._value.nbytes)
-
-
-def _thin_older_half(
-    steps: FloatArray, times: FloatArray, values: FloatArray, capacity: int
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    # Keep every other point of the older half: the run's beginning stays visible at half
-    # the resolution and the recent half, which a reader watches, keeps every point.
-    n = len(times)
-    half = max(1, min(n, capacity) // 2)
-    keep = np.concatenate([np.arange(0, half, 2), np.arange(half, n)])
-    return steps[keep].copy(), times[keep].copy(), values[keep].copy()
 
 
 @dataclass
@@ -278,6 +162,9 @@ class Store:
         clock: Callable[[], float] = time.time,
     ) -> None:
         Series(max_points)  # validates max_points before anything is taken
+        for name, value in (("max_runs", max_runs), ("max_nodes", max_nodes), ("max_series", max_series)):
+            if value < 1:
+                raise ValueError(f"dashboard: {name} must be at least 1, got {value}")
         self.max_points = max_points
         self.max_runs = max_runs
         self.max_nodes = max_nodes

@@ -1,0 +1,237 @@
+"""What the page draws: which charts a view shows (:func:`chart_specs`) and how their
+series become whole figures or increments of what is new (:class:`Painter`).
+
+Shared by the live page and ``metricbus report``; knows nothing of Dash callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from sinks.dashboard import downsample
+from sinks.dashboard.figures import (
+    EPISODE_WINDOW,
+    Y_DIGITS,
+    EmaState,
+    colour,
+    ema,
+    figure,
+    is_episode,
+    node_family,
+    plain,
+    rolling_mean,
+    section_of,
+    trace_pair,
+    x_values,
+)
+from sinks.dashboard.store import NODE, RUN, Series, SourceData, Store
+
+#: A chart's traces are redrawn (downsampled again) once extends have grown them past this
+#: many times the drawing budget, so the browser's memory stays bounded too.
+_REDRAW_FACTOR: Final = 3
+#: At most this many charts per section; the metric search narrows the rest.
+MAX_CHARTS_PER_SECTION: Final = 48
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    scope: str
+    source: str
+    metric: str
+    label: str
+    colour: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}|{self.source}|{self.metric}"
+
+
+@dataclass(frozen=True)
+class ChartSpec:
+    id: str
+    section: str  # a run section key, or "system"
+    title: str
+    node: str
+    series: tuple[SeriesRef, ...]
+    episode: bool
+
+
+@dataclass(frozen=True)
+class View:
+    """What the controls ask for."""
+
+    runs: tuple[str, ...]
+    search: str
+    smoothing: float
+    x_mode: str
+
+    def signature(self) -> list[Any]:
+        return [list(self.runs), self.smoothing, self.x_mode]
+
+
+def compile_filter(text: str | None) -> re.Pattern[str] | None:
+    """The regex in ``text``; an invalid one matches as a plain substring."""
+    if not text:
+        return None
+    try:
+        return re.compile(text)
+    except re.error:
+        return re.compile(re.escape(text))
+
+
+def chart_specs(store: Store, view: View) -> list[ChartSpec]:
+    """Every chart the view shows, in page order (caller holds the store's lock)."""
+    search = compile_filter(view.search)
+    runs = [store.runs[r] for r in view.runs if r in store.runs]
+    metrics: set[str] = set()
+    for data in runs:
+        metrics.update(data.series)
+    specs: list[ChartSpec] = []
+    per_section: dict[str, int] = {}
+    for metric in sorted(metrics):
+        if search is not None and not search.search(metric):
+            continue
+        section = section_of(metric)
+        per_section[section] = per_section.get(section, 0) + 1
+        if per_section[section] > MAX_CHARTS_PER_SECTION:
+            continue
+        refs = tuple(SeriesRef(RUN, d.name, metric, d.name, colour(d.colour)) for d in runs)
+        specs.append(ChartSpec(f"m:{metric}", section, metric, "", refs, is_episode(metric)))
+    for node in sorted(store.nodes):
+        data = store.nodes[node]
+        families: dict[str, list[str]] = {}
+        for metric in sorted(data.series):
+            if search is None or search.search(metric):
+                families.setdefault(node_family(metric), []).append(metric)
+        for family, members in families.items():
+            refs = tuple(
+                SeriesRef(NODE, node, m, m if len(members) > 1 else node, colour(i)) for i, m in enumerate(members)
+            )
+            specs.append(ChartSpec(f"n:{node}:{family}", "system", family, node, refs, False))
+    return specs
+
+
+# -- drawing -------------------------------------------------------------------------------------
+
+
+class Painter:
+    """Turns series into whole figures or into patches of what is new, for one view."""
+
+    def __init__(self, store: Store, view: View, draw_points: int, webgl_points: int) -> None:
+        self.store = store
+        self.view = view
+        self.draw_points = draw_points
+        self.webgl_points = webgl_points
+
+    def _origin(self, ref: SeriesRef) -> float:
+        data = self.store.sources(ref.scope).get(ref.source)
+        return data.first_ts if data is not None and math.isfinite(data.first_ts) else 0.0
+
+    def _x_mode(self, spec: ChartSpec) -> str:
+        # system samples carry no step: by step, a node's charts use wall time
+        return "wall" if spec.section == "system" and self.view.x_mode == "step" else self.view.x_mode
+
+    def _series(self, ref: SeriesRef) -> Series | None:
+        data: SourceData | None = self.store.sources(ref.scope).get(ref.source)
+        return data.series.get(ref.metric) if data is not None else None
+
+    def _smoothing_on(self, spec: ChartSpec) -> bool:
+        return spec.episode or self.view.smoothing > 0.0
+
+    def wants_webgl(self, spec: ChartSpec) -> bool:
+        longest = max((s.n for s in map(self._series, spec.series) if s is not None), default=0)
+        return longest >= self.webgl_points
+
+    def full(self, spec: ChartSpec, webgl: bool = False) -> tuple[dict[str, Any], dict[str, list[float]]]:
+        """The whole figure and the cursors of its series."""
+        traces: list[dict[str, Any]] = []
+        cursors: dict[str, list[float]] = {}
+        x_mode = self._x_mode(spec)
+        for ref in spec.series:
+            series = self._series(ref)
+            if series is None or series.n == 0:
+                step = ts = values = np.empty(0)
+                appended = generation = 0
+            else:
+                step, ts, values = series.arrays()
+                appended, generation = series.appended, series.generation
+            state = EmaState()
+            smooth = None
+            if spec.episode:
+                smooth = rolling_mean(values)
+            elif self._smoothing_on(spec):
+                smooth, state = ema(values, self.view.smoothing)
+            else:
+                _, state = ema(values, 0.0)
+            picked = downsample.select(values, self.draw_points)
+            x = x_values(step, ts, x_mode, self._origin(ref))[picked]
+            traces += trace_pair(
+                ref.label,
+                ref.colour,
+                x,
+                values[picked],
+                smooth[picked] if smooth is not None else None,
+                webgl=webgl,
+                group=ref.key,
+            )
+            cursors[ref.key] = [appended, generation, state.acc, state.den, len(picked)]
+        return figure(spec.title, traces, x_mode, spec.id), cursors
+
+    def extend(self, spec: ChartSpec, cursors: dict[str, list[float]]) -> tuple[Any, dict[str, list[float]]] | None:
+        """Graph ``extendData`` adding the new points, and the new cursors; None when a redraw is due.
+
+        Returns ``(None, {})`` when nothing is new. ``extendData`` makes the browser call
+        ``Plotly.extendTraces`` (append and redraw) where a figure ``Patch`` would make it
+        ``Plotly.react`` the whole figure, diffing every point it holds, on every poll.
+        """
+        x_mode = self._x_mode(spec)
+        xs: list[list[float | None]] = []
+        ys: list[list[float | None]] = []
+        indices: list[int] = []
+        changed: dict[str, list[float]] = {}
+        for i, ref in enumerate(spec.series):
+            cursor = cursors.get(ref.key)
+            series = self._series(ref)
+            if cursor is None:
+                return None
+            appended, generation, acc, den, drawn = cursor
+            if series is None:
+                if appended:
+                    return None
+                continue
+            if series.appended == appended:
+                continue
+            if series.generation != generation:
+                return None
+            new = series.since(int(appended))
+            if new is None or drawn + len(new[0]) > _REDRAW_FACTOR * self.draw_points:
+                return None
+            step, ts, values = new
+            x = plain(x_values(step, ts, x_mode, self._origin(ref)))
+            state = EmaState(acc, den)
+            xs.append(x)
+            ys.append(plain(values, Y_DIGITS))
+            indices.append(2 * i)
+            if spec.episode:
+                held = series.tail(len(values) + EPISODE_WINDOW)
+                smooth = rolling_mean(held)[-len(values) :]
+            elif self._smoothing_on(spec):
+                smooth, state = ema(values, self.view.smoothing, state)
+            else:
+                smooth = None
+                _, state = ema(values, 0.0, state)
+            if smooth is not None:
+                xs.append(x)
+                ys.append(plain(smooth, Y_DIGITS))
+                indices.append(2 * i + 1)
+            changed[ref.key] = [series.appended, series.generation, state.acc, state.den, drawn + len(values)]
+        if not changed:
+            return (None, {})
+        # maxPoints only as a safety net: the server redraws (downsampled) well before it
+        cap = 2 * _REDRAW_FACTOR * self.draw_points
+        return [{"x": xs, "y": ys}, indices, cap], changed
