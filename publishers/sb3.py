@@ -15,6 +15,9 @@ What it publishes, for run ``run``:
 - every ``grad_every``-th update: gradient health of the policy (see
   :mod:`publishers.grad_stats`).
 
+Episodes and gradient statistics are queued and sent in bursts (see ``_BURST``): their
+``step`` is the step they happened at, their ``ts`` at most ``_BURST_DELAY`` late.
+
 Nothing here may stop or slow training: publishing errors are counted in ``errors``
 and logged once, and ``_on_step`` always returns True.
 """
@@ -71,7 +74,12 @@ _HYPERPARAMETERS = (
     "seed",
     "device",
 )
-_HEARTBEAT_CHECK_EVERY = 256  # steps between looks at the clock: time.time() per step would show
+_CLOCK_CHECK_EVERY = 64  # steps between looks at the clock: one per step would show
+#: Episodes and gradient statistics wait in a short queue and go out together. Each
+#: message sent on its own wakes ZeroMQ's I/O thread, which in a training loop costs
+#: ~190 µs of the process's CPU per message (cold caches); 8 sent together cost ~60 µs each.
+_BURST = 32
+_BURST_DELAY = 0.5  # seconds a queued message may wait; its step is exact, its ts this late
 
 
 class MetricbusOutputFormat(KVWriter):
@@ -142,6 +150,8 @@ class MetricbusCallback(BaseCallback):
         self._guarded_class: type | None = None
         self._ended = True
         self._last_publish = 0.0
+        self._queue: list[tuple[str, Mapping[str, Any], int]] = []
+        self._queued_at = 0.0
 
     # -- SB3 template methods ------------------------------------------------------------------
 
@@ -171,8 +181,12 @@ class MetricbusCallback(BaseCallback):
                 for env, info in enumerate(infos):
                     if "episode" in info:
                         self._publish_episode(env, info)
-            if self.n_calls % _HEARTBEAT_CHECK_EVERY == 0:
-                self._heartbeat_if_idle()
+            if self.n_calls % _CLOCK_CHECK_EVERY == 0:
+                now = time.monotonic()
+                if self._queue and now - self._queued_at >= _BURST_DELAY:
+                    self._send_queued()
+                elif now - self._last_publish >= self.heartbeat_interval:
+                    self._heartbeat()
         except Exception as exc:
             self._failed(exc)
         return True
@@ -183,6 +197,7 @@ class MetricbusCallback(BaseCallback):
     # -- what is published -----------------------------------------------------------------------
 
     def _publish_record(self, record: dict[str, Any], step: int) -> None:
+        self._send_queued()  # what happened before the dump goes first
         self._publish("metrics", record, step)
 
     def _publish_episode(self, env: int, info: Mapping[str, Any]) -> None:
@@ -199,10 +214,22 @@ class MetricbusCallback(BaseCallback):
         if "is_success" in info:
             data["is_success"] = _info_value(info["is_success"])
         self.episodes += 1
-        self._publish("episode", data)
+        self._enqueue("episode", data)
 
     def _publish_grads(self, metrics: dict[str, float]) -> None:
-        self._publish("metrics", metrics)
+        self._enqueue("metrics", metrics)
+
+    def _enqueue(self, kind: str, data: Mapping[str, Any]) -> None:
+        if not self._queue:
+            self._queued_at = time.monotonic()
+        self._queue.append((kind, data, self.model.num_timesteps))
+        if len(self._queue) >= _BURST:
+            self._send_queued()
+
+    def _send_queued(self) -> None:
+        queue, self._queue = self._queue, []
+        for kind, data, step in queue:
+            self._publish(kind, data, step)
 
     def _publish(self, kind: str, data: Mapping[str, Any], step: int | None = None) -> None:
         pub = self.publisher
@@ -214,11 +241,11 @@ class MetricbusCallback(BaseCallback):
         except Exception as exc:
             self._failed(exc)
 
-    def _heartbeat_if_idle(self) -> None:
+    def _heartbeat(self) -> None:
         # Publisher sends heartbeats when it publishes; a long quiet stretch (no episode
         # ends, no dump) must not look like a dead training to the "silent" alert.
         pub = self.publisher
-        if pub is not None and time.monotonic() - self._last_publish >= self.heartbeat_interval:
+        if pub is not None:
             self._publish("event", {"event": "heartbeat", "sent": pub.sent, "dropped": pub.dropped})
 
     def _run_config(self) -> dict[str, Any]:
@@ -247,6 +274,7 @@ class MetricbusCallback(BaseCallback):
         fields: dict[str, Any] = {"event": "run_ended", "status": status}
         if error is not None and status == "failed":
             fields["error"] = f"{type(error).__name__}: {error}"
+        self._send_queued()
         self._publish("event", fields)
         self._detach()
 

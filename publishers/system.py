@@ -189,6 +189,7 @@ class SystemSampler:
         self._clock = clock
         self.samples = 0
         self.errors = 0
+        self._max_proc_percent = 100.0 * (psutil.cpu_count() or 1)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: tuple[float, Any, Any] | None = None
@@ -213,7 +214,9 @@ class SystemSampler:
         _read(out, "swap/percent", lambda: float(self._swap_memory().percent))
         _read(out, "disk/percent", lambda: float(self._disk_usage(self.disk_path).percent))
         _read(out, "proc/rss_bytes", lambda: int(self.process.memory_info().rss))
-        _read(out, "proc/cpu_percent", lambda: float(self.process.cpu_percent()))
+        # psutil counts process CPU in clock ticks (10 ms): over a short interval one tick
+        # reads as thousands of percent, more than the machine has
+        _read(out, "proc/cpu_percent", lambda: min(float(self.process.cpu_percent()), self._max_proc_percent))
         self._rates(out)
         if self.gpus is not None:
             try:
