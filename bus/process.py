@@ -20,10 +20,15 @@ def stop_on_signals() -> threading.Event:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    stop_with_parent(stop)
+    return stop
+
+
+def stop_with_parent(stop: threading.Event) -> None:
+    """Set ``stop`` when the process named in ``METRICBUS_PARENT_PID`` (our parent) is gone."""
     parent = os.environ.get(PARENT_ENV)
     if parent and parent.isdigit():
         threading.Thread(target=_watch_parent, args=(int(parent), stop), daemon=True, name="parent-watch").start()
-    return stop
 
 
 def _watch_parent(parent: int, stop: threading.Event) -> None:

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus.config import Config
+from bus.config import Config, SinkConfig
+from bus.process import PARENT_ENV, stop_with_parent
 
 _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
@@ -48,7 +49,7 @@ class Child:
 
     def start(self) -> None:
         self.ready_file.unlink(missing_ok=True)
-        env = dict(os.environ, METRICBUS_PARENT_PID=str(os.getpid()))
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
         self.proc = subprocess.Popen(self.argv, env=env, start_new_session=True)
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -88,6 +89,8 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
+        # started by `metricbus demo` (which sets METRICBUS_PARENT_PID): go when it goes
+        stop_with_parent(self._stop)
         try:
             if not self._start_all():
                 return 1
@@ -136,14 +139,7 @@ class Supervisor:
         say(f"config {self.config_path}")
         say(f"broker: publishers connect to {b.connect_frontend}, subscribers to {b.connect_backend}")
         for name, sink in self.config.sinks.items():
-            where = ""
-            if "root" in sink.options or sink.type == "jsonl":
-                where = f" -> {Path(str(sink.options.get('root', 'logs'))).resolve()}"
-            if sink.type == "dashboard":
-                host = sink.options.get("host", "127.0.0.1")
-                port = sink.options.get("port", 8050)
-                where = f" -> http://{host}:{port}"
-            say(f"sink {name} ({sink.type}, topics {list(sink.topics)}){where}")
+            say(f"sink {name} ({sink.type}, topics {list(sink.topics)}){_where(sink)}")
         if self.sampler:
             say(f"sampler: system metrics every {self.config.sampler.interval:g} s")
         say(f"ready (pid {os.getpid()}); Ctrl-C stops everything")
@@ -190,3 +186,20 @@ class Supervisor:
             f.unlink(missing_ok=True)
         self._state.rmdir()
         say("stopped")
+
+
+def _where(sink: SinkConfig) -> str:
+    """Where a sink serves or writes, from its options and its constructor's defaults."""
+    from sinks.registry import options_of, resolve
+
+    try:
+        defaults = {k: p.default for k, p in options_of(resolve(sink.type)).items()}
+    except LookupError:
+        return ""
+    options = {**defaults, **sink.options}
+    if isinstance(options.get("port"), int):
+        return f" -> http://{options.get('host') or '127.0.0.1'}:{options['port']}"
+    for key in ("root", "logdir", "path"):
+        if isinstance(options.get(key), str):
+            return f" -> {Path(options[key]).resolve()}"
+    return ""

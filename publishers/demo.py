@@ -26,6 +26,7 @@ import zmq
 
 from bus import defaults
 from bus.config import Config, default_config_path, load_config
+from bus.process import PARENT_ENV, stop_with_parent
 
 _STACK_START_TIMEOUT = 90.0
 _STACK_STOP_TIMEOUT = 60.0
@@ -72,10 +73,12 @@ class StackProcess:
     def __init__(self, config_path: Path) -> None:
         # own session: a terminal's Ctrl-C reaches only the demo, which stops the runs
         # first (they report "interrupted" through the stack) and the stack after them
+        # METRICBUS_PARENT_PID: should the demo be killed outright, the stack stops by itself
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bus", "up", str(config_path)],
             stdout=subprocess.PIPE,
             start_new_session=True,
+            env={**os.environ, PARENT_ENV: str(os.getpid())},
         )
         self.ready = threading.Event()
         assert self.proc.stdout is not None
@@ -161,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = [(seed, f"ppo-cartpole-{seed}-{stamp}") for seed in range(args.runs)]
     say(f"training {len(runs)} PPO run(s) on CartPole-v1, {args.timesteps} steps each: {', '.join(r for _, r in runs)}")
-    env = {**os.environ, defaults.ENV_ENDPOINT: frontend}
+    env = {**os.environ, defaults.ENV_ENDPOINT: frontend, PARENT_ENV: str(os.getpid())}
     workers = [
         subprocess.Popen(
             [
@@ -259,6 +262,18 @@ def train(run: str, seed: int, timesteps: int, endpoint: str | None) -> None:
     )
 
 
+def _interrupt_when_parent_dies() -> None:
+    """A demo killed outright must not leave its runs training: they stop as if Ctrl-C'd."""
+    parent_gone = threading.Event()
+    stop_with_parent(parent_gone)
+
+    def interrupt() -> None:
+        parent_gone.wait()
+        os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt: the run reports "interrupted"
+
+    threading.Thread(target=interrupt, daemon=True, name="parent-gone").start()
+
+
 def _worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m publishers.demo", description="one demo training run")
     parser.add_argument("--run", required=True)
@@ -266,6 +281,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=50_000)
     parser.add_argument("--endpoint")
     args = parser.parse_args(argv)
+    _interrupt_when_parent_dies()
     try:
         train(args.run, args.seed, args.timesteps, args.endpoint)
     except KeyboardInterrupt:

@@ -108,15 +108,15 @@ class _File:
     __slots__ = ("fd", "lines", "path", "pending_bytes", "size")
 
     def __init__(self, path: Path) -> None:
+        # Opened at its first write, where a failure (disk full) keeps the lines for a retry.
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = -1
         self.size = 0
         self.lines: list[str] = []
         self.pending_bytes = 0
-        self.open()
 
     def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # Read access too: a torn tail left by a killed writer is found by reading the end.
         self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self.size = _drop_torn_tail(self.fd)
@@ -252,7 +252,7 @@ class JsonlSink:
             self._write(target)
 
     def flush(self) -> None:
-        for target in list(self._open_files):  # lines wait only where a write failed: open files
+        for target in list(self._files.values()):  # lines wait only where a write failed
             if target.lines:
                 self._write(target)
         due = time.monotonic() - self._last_fsync >= self.fsync_interval and self._dirty_since_fsync
@@ -322,9 +322,7 @@ class JsonlSink:
         path = self.root / relative
         target = self._files.get(path)
         if target is None:
-            self._make_room()
             target = self._files[path] = _File(path)
-            self._open_files[target] = None
         return target
 
     def _make_room(self) -> None:
@@ -349,22 +347,21 @@ class JsonlSink:
             del self._open_files[target]
 
     def _write(self, target: _File) -> None:
-        if target.fd < 0:
-            self._make_room()
-            target.open()
-        # most recently written last: the next file to close is the first
-        self._open_files.pop(target, None)
-        self._open_files[target] = None
         data = "".join(target.lines).encode()
-        if target.size and target.size + len(data) > self.rotate_bytes:
-            self._rotate(target)
+        written = 0
+        error: OSError | None = None
         try:
+            if target.fd < 0:
+                self._make_room()
+                target.open()
+            # most recently written last: the next file to close is the first
+            self._open_files.pop(target, None)
+            self._open_files[target] = None
+            if target.size and target.size + len(data) > self.rotate_bytes:
+                self._rotate(target)
             written = os.write(target.fd, data)
         except OSError as exc:
-            written = 0
-            error: OSError | None = exc
-        else:
-            error = None
+            error = exc
         if written == len(data):
             target.size += written
             self.lines_written += len(target.lines)
@@ -392,12 +389,15 @@ class JsonlSink:
     def _rotate(self, target: _File) -> None:
         os.fsync(target.fd)
         os.close(target.fd)
+        del self._open_files[target]
+        self._dirty_since_fsync.discard(target)
+        target.fd = -1  # a failure below leaves the file closed; the next write reopens it
         # One past the highest index, not the first free one: a deleted old file must not
         # make the next rotation sort before newer ones.
         index = 1 + max((_rotation_index(p, target.path) for p in target.path.parent.iterdir()), default=0)
         os.rename(target.path, rotated_name(target.path, index))
-        target.fd = os.open(target.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        target.size = 0
+        target.open()
+        self._open_files[target] = None
 
     def _fsync(self) -> None:
         for target in self._dirty_since_fsync:

@@ -108,3 +108,39 @@ def test_ctrl_c_stops_the_runs_which_report_interrupted_then_the_stack(tmp_path:
         ended = [e["data"] for e in read_records(run_dir(root, run), ["event"]) if e["data"]["event"] == "run_ended"]
         assert [e["status"] for e in ended] == ["interrupted"], run
     assert not broker_answers(frontend)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_killed_demo_leaves_no_stack_or_training_behind(tmp_path: Path) -> None:
+    """SIGKILL of the demo: the stack it started and its training runs stop by themselves."""
+    config, frontend = _config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICBUS_")}
+    with (tmp_path / "demo.out").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bus", "demo", "--timesteps", "1000000", "--runs", "2", "--config", str(config)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    root = tmp_path / "logs"
+    try:
+        wait_until(lambda: len(list_runs(root)) >= 2 and _processes_mentioning(frontend), 120, "both runs training")
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until(lambda: not _processes_mentioning(frontend), 60, "the runs to stop after the demo died")
+    wait_until(lambda: not _processes_mentioning(str(config)), 60, "the stack to stop after the demo died")
+    assert not broker_answers(frontend)

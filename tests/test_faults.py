@@ -178,12 +178,12 @@ def test_a_restarted_broker_loses_only_a_reported_gap_and_training_never_blocks(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted at tmp_path/disk (root only); always unmounted."""
+    """A 2 MiB tmpfs with 200 inodes mounted at tmp_path/disk (root only); always unmounted."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs to fill needs root and mount(8)")
     disk = tmp_path / "disk"
     disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,nr_inodes=200", "tmpfs", str(disk)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -210,6 +210,20 @@ def fill(path: Path) -> int:
     return written
 
 
+def use_up_inodes(directory: Path) -> list[Path]:
+    """Create empty files until the file system has no inode left: then no file or directory can be made."""
+    directory.mkdir()
+    made: list[Path] = []
+    while True:
+        path = directory / str(len(made))
+        try:
+            path.touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            return made
+        made.append(path)
+
+
 def _alerts(root: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in root.glob("_nodes/*/alerts.jsonl"):
@@ -220,7 +234,10 @@ def _alerts(root: Path) -> list[dict[str, Any]]:
 def test_a_full_disk_raises_an_alert_keeps_the_sink_running_and_loses_nothing(
     tmp_path: Path, small_disk: Path, stack_factory: type[Stack]
 ) -> None:
-    """Disk full under the JSONL sink: an alert fires, no corrupt line, and it all lands when space returns."""
+    """Disk full under the JSONL sink: an alert fires, no corrupt line, and it all lands when space returns.
+
+    A run first seen while the disk is full (its directory and file made on a full disk) loses nothing either.
+    """
     elsewhere = tmp_path / "alerts"
     sinks = {
         "jsonl": {"type": "jsonl", "root": str(small_disk / "logs"), "fsync_interval": 0.1},
@@ -230,13 +247,16 @@ def test_a_full_disk_raises_an_alert_keeps_the_sink_running_and_loses_nothing(
     stack.root = small_disk / "logs"
     sink_pid = stack.child_pid("sink jsonl")
     pad = "y" * 1000
-    with Publisher(stack.frontend, run="fulldisk") as pub:
+    with Publisher(stack.frontend, run="fulldisk") as pub, Publisher(stack.frontend, run="latecomer") as late:
         for step in range(20):
             pub.metrics({"step": step, "pad": pad}, step=step)
         wait_until(lambda: len(stack.records("fulldisk", "metrics")) == 20, 20, "the first 20 records")
         fill(small_disk / "filler")
+        inodes = use_up_inodes(small_disk / "inodes")
         for step in range(20, 520):
             pub.metrics({"step": step, "pad": pad}, step=step)
+            if step % 10 == 0:
+                late.metrics({"step": step, "pad": pad}, step=step)
         firing = wait_until(lambda: [a for a in _alerts(elsewhere) if a["data"]["state"] == "firing"], 20, "alert")
         assert firing[0]["data"]["severity"] == "critical"
         assert re.search(r"\((ENOSPC|short write)\)", firing[0]["data"]["message"])
@@ -244,17 +264,23 @@ def test_a_full_disk_raises_an_alert_keeps_the_sink_running_and_loses_nothing(
         all_lines_valid(small_disk / "logs")
         assert len(stack.records("fulldisk", "metrics")) < 520
         (small_disk / "filler").unlink()  # space returns
+        for path in inodes:
+            path.unlink()
         rows = wait_until(
             lambda: len(stack.records("fulldisk", "metrics")) == 520 and stack.records("fulldisk", "metrics"),
             30,
             "every held line to be written once space returned",
         )
     assert [r["step"] for r in rows] == list(range(520))
+    wait_until(lambda: len(stack.records("latecomer", "metrics")) == 50, 20, "the latecomer's 50 lines")
+    latecomer = stack.records("latecomer", "metrics")
+    assert [r["step"] for r in latecomer] == list(range(20, 520, 10))
     wait_until(lambda: [a for a in _alerts(elsewhere) if a["data"]["state"] == "resolved"], 20, "resolved alert")
     assert stack.child_pid("sink jsonl") == sink_pid
     assert stack.stop() == 0
     all_lines_valid(small_disk / "logs")
     assert not stack.records("fulldisk", "bus"), "nothing was lost, so no gap"
+    assert not stack.records("latecomer", "bus"), "nothing was lost, so no gap"
     # The alert also reached the full disk's own files once there was room.
     assert _alerts(small_disk / "logs")
 
