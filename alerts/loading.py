@@ -35,7 +35,7 @@ from alerts.rules import (
 from bus.config import ConfigError
 
 TEMPLATE_FIELDS: Final = ("rule", "severity", "state", "run", "node", "source", "metric", "value", "threshold")
-COMMON_KEYS: Final = ("name", "kind", "severity", "select", "for", "repeat", "message")
+COMMON_KEYS: Final = ("name", "kind", "severity", "select", "for", "clear", "repeat", "message")
 _NAME: Final = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 T = TypeVar("T")
 
@@ -200,6 +200,7 @@ def parse_rule(raw: object, where: Where) -> Rule:
     selector = parse_selector(raw.get("select"), cls.default_kinds, cls.needs_metric, where.key("select"))
     try:
         for_count, for_seconds = parse_for(raw.get("for", 1))
+        clear_count, clear_seconds = parse_for(raw.get("clear", 1), "clear")
         repeat_raw = raw.get("repeat", DEFAULT_REPEAT)
         never = repeat_raw is None or repeat_raw is False or repeat_raw == "never"  # 0 is "every sample"
         repeat = None if never else parse_duration(repeat_raw, "repeat")
@@ -215,7 +216,18 @@ def parse_rule(raw: object, where: Where) -> Rule:
     options = {k: v for k, v in raw.items() if k not in COMMON_KEYS}
     rule = construct_checked(cls, options, where, f"kind {cls.kind}", COMMON_KEYS)
     template = message if message is not None else rule.template
-    rule.spec = RuleSpec(str(name), cls.kind, str(severity), selector, for_count, for_seconds, repeat, template)
+    rule.spec = RuleSpec(
+        str(name),
+        cls.kind,
+        str(severity),
+        selector,
+        for_count,
+        for_seconds,
+        repeat,
+        template,
+        clear_count,
+        clear_seconds,
+    )
     return rule
 
 

@@ -57,15 +57,15 @@ def parse_duration(value: object, key: str) -> float:
     raise RuleError(key, "a duration such as 30s, 5m, 1h or a number of seconds", value)
 
 
-def parse_for(value: object) -> tuple[int, float]:
-    """``for``: an integer count of samples, or a duration; returns (count, seconds)."""
+def parse_for(value: object, key: str = "for") -> tuple[int, float]:
+    """``for`` (or ``clear``): an integer count of samples, or a duration; returns (count, seconds)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
-            raise RuleError("for", "a count of at least 1 or a duration such as 30s", value)
+            raise RuleError(key, "a count of at least 1 or a duration such as 30s", value)
         return value, 0.0
     if isinstance(value, str):
-        return 1, parse_duration(value, "for")
-    raise RuleError("for", "an integer count of samples or a duration such as 30s", value)
+        return 1, parse_duration(value, key)
+    raise RuleError(key, "an integer count of samples or a duration such as 30s", value)
 
 
 def is_number(value: object) -> bool:
@@ -123,6 +123,9 @@ class RuleSpec:
     for_seconds: float = 0.0
     repeat: float | None = DEFAULT_REPEAT
     message: str = ""
+    #: how long the condition must stay false before a firing alert resolves (hysteresis)
+    clear_count: int = 1
+    clear_seconds: float = 0.0
 
 
 class Rule:

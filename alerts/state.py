@@ -50,6 +50,8 @@ class Series:
     phase: str = INACTIVE
     since: float = 0.0
     count: int = 0
+    clear_count: int = 0
+    clear_since: float = 0.0
     notified: float = 0.0
     value: Any = None
     threshold: float | None = None
@@ -60,6 +62,7 @@ class Series:
         """Feed one verdict at time ``ts``; returns ``firing``/``resolved`` when one goes out."""
         spec = self.rule.spec
         if active:
+            self.clear_count = 0
             phase = self.phase
             if phase == FIRING:
                 if spec.repeat is not None and ts - self.notified >= spec.repeat:
@@ -75,7 +78,14 @@ class Series:
                 return FIRING
             return None
         if self.phase == FIRING:
-            self.phase, self.count = INACTIVE, 0
+            # `clear` is hysteresis: a value that dips under the threshold for one sample
+            # between two over it would otherwise resolve and fire again each time
+            if self.clear_count == 0:
+                self.clear_since = ts
+            self.clear_count += 1
+            if self.clear_count < spec.clear_count or ts - self.clear_since < spec.clear_seconds:
+                return None
+            self.phase, self.count, self.clear_count = INACTIVE, 0, 0
             return RESOLVED
         self.phase, self.count = INACTIVE, 0
         return None

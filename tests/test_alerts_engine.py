@@ -250,8 +250,10 @@ def test_the_default_config_alerts_sink_fires_its_default_rules(stack_factory: t
     stack.start()
     with Publisher(stack.frontend, run="defaults") as pub:
         pub.metrics({"grad/global_norm": 42.0, "train/loss": math.nan}, step=7)
+        pub.metrics({"grad/global_norm": 43.0}, step=8)
+        pub.metrics({"grad/global_norm": 44.0}, step=9)  # the default grad-explosion wants 3 in a row
     got = wait_until(lambda: len(alerts_of(stack, "defaults")) == 2 and alerts_of(stack, "defaults"), 20, "two alerts")
-    assert sorted(got) == [("grad-explosion", "firing", 7), ("nonfinite", "firing", 7)]
+    assert sorted(got) == [("grad-explosion", "firing", 9), ("nonfinite", "firing", 7)]
     severities = {r["data"]["rule"]: r["data"]["severity"] for r in stack.records("defaults", "alert")}
     assert severities == {"grad-explosion": "error", "nonfinite": "critical"}
     wait_until(lambda: '"rule": "grad-explosion"' in stack.stderr(), 20, "the log notifier's line")

@@ -167,6 +167,27 @@ def test_threshold_for_a_duration_uses_the_samples_time(feed: Any) -> None:
     assert f.states([95] * 4, dt=10.0) == [".", ".", ".", "F"]
 
 
+def test_clear_holds_a_firing_alert_through_short_dips(feed: Any) -> None:
+    """With clear: 3 a firing alert resolves only after three samples in a row under the threshold."""
+    f = feed({"name": "hi", "kind": "threshold", "select": {"metric": "x"}, "threshold": 10, "clear": 3})
+    assert f.states([11, 5, 11, 5, 5, 5, 11]) == ["F", ".", ".", ".", ".", "R", "F"]
+
+
+def test_clear_as_a_duration_uses_the_samples_time(feed: Any) -> None:
+    """clear: 20s resolves at the first clear sample 20 s (message time) after the condition cleared."""
+    f = feed({"name": "hi", "kind": "threshold", "select": {"metric": "x"}, "threshold": 10, "clear": "20s"})
+    assert f.states([11, 5, 5, 5, 5], dt=10.0) == ["F", ".", ".", "R", "."]
+
+
+def test_bad_clear_fails_at_load_with_its_key(tmp_path: Path) -> None:
+    """A clear that is neither a count nor a duration fails at load naming rules[i].clear."""
+    config = tmp_path / "bus.yaml"
+    rules = [{"name": "hi", "kind": "threshold", "select": {"metric": "x"}, "threshold": 1, "clear": 0}]
+    config.write_text(yaml.safe_dump({"sinks": {"watch": {"type": "alerts", "rules": rules}}}))
+    with pytest.raises(ConfigError, match=r"sinks\.watch\.rules\[0\]\.clear: expected"):
+        load_config(config)
+
+
 def test_repeat_is_no_sooner_than_its_interval(feed: Any) -> None:
     """A firing alert repeats at the first breaching sample at least `repeat` after the last notice."""
     f = feed({"name": "hi", "kind": "threshold", "select": {"metric": "x"}, "threshold": 0, "repeat": "25s"})
