@@ -73,6 +73,16 @@ class Keys:
         self.client = {"secret": client_secret, "public": client_public, "server": self.server_public}
 
 
+def _start_counter(sub: zmq.Socket[Any], count: int) -> tuple[threading.Thread, list[float]]:
+    """A thread counting ``count`` messages on ``sub``; ``done`` gets the time the last one came."""
+    done: list[float] = []
+    started = threading.Event()
+    thread = threading.Thread(target=_counter, args=(sub, count, done, started))
+    thread.start()
+    started.wait()
+    return thread, done
+
+
 def _counter(sock: zmq.Socket[Any], count: int, done: list[float], started: threading.Event) -> None:
     started.set()
     for _ in range(count):
@@ -129,11 +139,7 @@ def metricbus_path(keys: Keys | None, count: int) -> tuple[float, float]:
             config.frontend, run="bench", node="bench", curve=client, heartbeat_interval=1e9, hwm=count + 10_000
         )
         _wait_path(lambda: pub.metrics({"probe": 1}), sub)
-        done: list[float] = []
-        started = threading.Event()
-        thread = threading.Thread(target=_counter, args=(sub, count, done, started))
-        thread.start()
-        started.wait()
+        thread, done = _start_counter(sub, count)
         t0 = time.perf_counter()
         for step in range(count):
             pub.metrics(DATA, step=step)
@@ -171,11 +177,7 @@ def raw_path(keys: Keys | None, count: int) -> tuple[float, float]:
         pub.bind(endpoint)
         sub = _sub(sub_context, endpoint, client)
         _wait_path(lambda: pub.send_multipart(frames), sub)
-        done: list[float] = []
-        started = threading.Event()
-        thread = threading.Thread(target=_counter, args=(sub, count, done, started))
-        thread.start()
-        started.wait()
+        thread, done = _start_counter(sub, count)
         t0 = time.perf_counter()
         for _ in range(count):
             pub.send_multipart(frames)

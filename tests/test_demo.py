@@ -78,19 +78,24 @@ def test_demo_uses_a_stack_that_is_already_running_and_leaves_it_up(stack_factor
     assert stack.records(run, "episode")
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_runs_which_report_interrupted_then_the_stack(tmp_path: Path) -> None:
-    """SIGINT mid-training: every run writes run_ended interrupted, the stack stops, the demo exits 130."""
-    config, frontend = _config(tmp_path)
+def _start_long_demo(tmp_path: Path, config: Path) -> subprocess.Popen[bytes]:
+    """``metricbus demo`` with two runs too long to finish during the test; output in demo.out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("METRICBUS_")}
     with (tmp_path / "demo.out").open("wb") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "bus", "demo", "--timesteps", "1000000", "--runs", "2", "--config", str(config)],
             cwd=tmp_path,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_runs_which_report_interrupted_then_the_stack(tmp_path: Path) -> None:
+    """SIGINT mid-training: every run writes run_ended interrupted, the stack stops, the demo exits 130."""
+    config, frontend = _config(tmp_path)
+    proc = _start_long_demo(tmp_path, config)
     root = tmp_path / "logs"
     try:
         wait_until(
@@ -126,15 +131,7 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_a_killed_demo_leaves_no_stack_or_training_behind(tmp_path: Path) -> None:
     """SIGKILL of the demo: the stack it started and its training runs stop by themselves."""
     config, frontend = _config(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICBUS_")}
-    with (tmp_path / "demo.out").open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bus", "demo", "--timesteps", "1000000", "--runs", "2", "--config", str(config)],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = _start_long_demo(tmp_path, config)
     root = tmp_path / "logs"
     try:
         wait_until(lambda: len(list_runs(root)) >= 2 and _processes_mentioning(frontend), 120, "both runs training")
