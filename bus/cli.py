@@ -9,12 +9,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bus import defaults
 from bus.config import Config, ConfigError, default_config_path, load_config
+
+if TYPE_CHECKING:  # the runner (and zmq) load only for the commands that run a sink
+    from bus.subscriber import SinkRunner
 
 log = logging.getLogger("metricbus")
 
@@ -73,7 +79,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         name=args.name,
         frontend=config.broker.connect_frontend,
         backend=config.broker.connect_backend,
-        node=_node(),
+        node=socket.gethostname(),
         config=config,
         curve=curve,
     )
@@ -95,22 +101,13 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_runner_on(stop: object, runner: object) -> None:
-    import threading
-
-    assert isinstance(stop, threading.Event)
-
+def _stop_runner_on(stop: threading.Event, runner: SinkRunner) -> None:
+    # The signal handler only sets an event; the runner's loop looks at its own flag.
     def wait() -> None:
         stop.wait()
-        runner.stop()  # type: ignore[attr-defined]
+        runner.stop()
 
     threading.Thread(target=wait, daemon=True, name="stop-watch").start()
-
-
-def _node() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

@@ -118,7 +118,7 @@ def test_a_torn_line_longer_than_the_tail_window_is_cut_whole(tmp_path: Path) ->
     sink = JsonlSink(str(tmp_path))
     sink.handle([msg(2)])
     sink.close()
-    assert path.read_bytes().splitlines() == [b'{"seq":0}', path.read_bytes().splitlines()[1]]
+    assert len(path.read_bytes().splitlines()) == 2, "the 600 KiB torn line left nothing behind"
     assert [r["seq"] for r in read_file(path)] == [0, 2]
 
 
