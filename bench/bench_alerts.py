@@ -176,7 +176,7 @@ def live(rate: float, seconds: float, with_engine: bool, workdir: Path) -> dict[
     ready.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     broker = subprocess.Popen(
-        [sys.executable, "-m", "bus", "broker", "--config", str(config), "--ready-file", str(ready)],
+        [sys.executable, "-m", "metricbus", "broker", "--config", str(config), "--ready-file", str(ready)],
         env=env,
         stderr=subprocess.DEVNULL,
     )

@@ -271,7 +271,7 @@ def stack() -> Iterator[Stack]:
     (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
     log = (workdir / "up.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bus", "up", str(workdir / "bench.yaml")], cwd=REPO, stdout=log, stderr=log
+        [sys.executable, "-m", "metricbus", "up", str(workdir / "bench.yaml")], cwd=REPO, stdout=log, stderr=log
     )
     try:
         deadline = time.monotonic() + 60

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bus.publisher import Publisher  # noqa: E402  (after the path tweak, to run from a checkout)
-from publishers.demo import StackProcess  # noqa: E402
+from metricbus.demo import StackProcess  # noqa: E402
 from publishers.sb3 import MetricbusCallback  # noqa: E402
 from publishers.system import SystemSampler  # noqa: E402
 

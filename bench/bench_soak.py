@@ -108,7 +108,7 @@ def worker(run: str, rate: float, duration: float, endpoint: str) -> None:
 
 def sink_entries(names: list[str], root: Path) -> tuple[dict[str, Any], list[str]]:
     """Config entries for the requested sinks that exist here, and notes on the ones left out."""
-    from sinks.registry import check_options, resolve
+    from bus.registry import check_options, resolve
 
     entries: dict[str, Any] = {}
     notes: list[str] = []
@@ -189,7 +189,7 @@ def soak(args: argparse.Namespace) -> int:
         print(f"soak: {note}")
     out = (work / "up.out").open("wb")
     up_proc = subprocess.Popen(
-        [sys.executable, "-m", "bus", "up", str(path)], cwd=work, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "metricbus", "up", str(path)], cwd=work, stdout=out, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 120

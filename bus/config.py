@@ -230,7 +230,7 @@ def _sink(name: str, raw: object, where: _Where, base_dir: Path) -> SinkConfig:
         flush_interval=_positive(_typed(section, "flush_interval", float, 0.2, where), where / "flush_interval"),
         queue=int(_positive(_typed(section, "queue", int, defaults.SUBSCRIBER_HWM, where), where / "queue")),
     )
-    from sinks.registry import check_options, resolve  # late: the registry imports sink modules
+    from bus.registry import check_options, resolve  # late: the registry imports sink modules
 
     try:
         cls = resolve(sink_type)

@@ -2,19 +2,18 @@
 
 :class:`SystemSampler` reads its data sources through constructor arguments (psutil's
 functions by default), so a test can hand it any source without mocking psutil. It runs
-in a daemon thread of a training process, or alone as ``metricbus sample``, and publishes
+in a daemon thread of a training process, or alone as ``metricbus sample`` (:mod:`metricbus.sample`), and publishes
 one ``system`` message per interval. A field that cannot be read is left out, never the
 whole sample; without a GPU it says so once and samples the rest.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import psutil
@@ -281,39 +280,3 @@ class SystemSampler:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# -- `metricbus sample` ------------------------------------------------------------------------------
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    """Publish this node's system metrics until SIGINT/SIGTERM (the supervisor's ``sampler``)."""
-    from bus import defaults
-    from bus.config import load_config
-    from bus.process import mark_ready, stop_on_signals
-    from bus.security import client_curve
-
-    # the supervisor passes --config: its sampler must reach that config's broker, whatever
-    # METRICBUS_ENDPOINT says; without --config the usual publisher defaults apply
-    config_path = args.config or os.environ.get(defaults.ENV_CONFIG)
-    config = load_config(config_path) if config_path else None
-    if args.endpoint:
-        endpoint = args.endpoint
-    elif args.config and config is not None:
-        endpoint = config.broker.connect_frontend
-    else:
-        endpoint = defaults.publisher_endpoint()
-    interval = args.interval or (config.sampler.interval if config is not None else 2.0)
-    disk_path = config.sampler.disk_path if config is not None else "/"
-    curve: Mapping[str, bytes] | None = client_curve(config) if config is not None else None
-    stop = stop_on_signals()
-    publisher = Publisher(endpoint, run=None, curve=curve)
-    sampler = SystemSampler(publisher, interval, disk_path=disk_path).start()
-    mark_ready(getattr(args, "ready_file", None))
-    log.info("sampling this node every %g s to %s", interval, endpoint)
-    try:
-        stop.wait()
-    finally:
-        sampler.stop()
-        publisher.close()
-    return 0

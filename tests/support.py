@@ -90,7 +90,7 @@ class Stack:
     def start(self, timeout: float = 60.0) -> Stack:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bus", "up", str(self.config_path)],
+                [sys.executable, "-m", "metricbus", "up", str(self.config_path)],
                 cwd=self.workdir,
                 stdout=out,
                 stderr=err,

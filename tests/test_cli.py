@@ -21,7 +21,7 @@ from sinks.jsonl_reader import read_records
 
 def bus_command(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bus", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
+        [sys.executable, "-m", "metricbus", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
     )
 
 
@@ -93,7 +93,7 @@ def _lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str]:
 def test_tail_prints_one_line_per_message_of_its_prefixes(stack: Stack) -> None:
     """`metricbus tail metrics/` prints each metrics message as one line (topic, step, values), nothing else."""
     tail = subprocess.Popen(
-        [sys.executable, "-m", "bus", "tail", "metrics/"],
+        [sys.executable, "-m", "metricbus", "tail", "metrics/"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -135,7 +135,7 @@ def test_parse_config_uses_the_given_file_name() -> None:
 
 def check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bus", "check", *args], capture_output=True, text=True, timeout=60, cwd=REPO
+        [sys.executable, "-m", "metricbus", "check", *args], capture_output=True, text=True, timeout=60, cwd=REPO
     )
 
 

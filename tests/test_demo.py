@@ -13,7 +13,7 @@ import pytest
 import yaml
 from support import free_port, jsonl_lines, wait_until
 
-from publishers.demo import broker_answers
+from metricbus.demo import broker_answers
 from sinks.jsonl_reader import list_runs, read_records, run_dir
 
 
@@ -35,7 +35,19 @@ def test_demo_trains_two_runs_through_the_whole_stack_and_exits(tmp_path: Path) 
     config, frontend = _config(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("METRICBUS_")}
     result = subprocess.run(
-        [sys.executable, "-m", "bus", "demo", "--timesteps", "4096", "--runs", "2", "--exit", "--config", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "metricbus",
+            "demo",
+            "--timesteps",
+            "4096",
+            "--runs",
+            "2",
+            "--exit",
+            "--config",
+            str(config),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -65,7 +77,18 @@ def test_demo_uses_a_stack_that_is_already_running_and_leaves_it_up(stack_factor
     """With a broker already answering on the config's frontend, the demo trains into it and stops nothing."""
     stack = stack_factory(tmp_path).start()
     result = subprocess.run(
-        [sys.executable, "-m", "bus", "demo", "--timesteps", "512", "--runs", "1", "--config", str(stack.config_path)],
+        [
+            sys.executable,
+            "-m",
+            "metricbus",
+            "demo",
+            "--timesteps",
+            "512",
+            "--runs",
+            "1",
+            "--config",
+            str(stack.config_path),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -83,7 +106,18 @@ def _start_long_demo(tmp_path: Path, config: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METRICBUS_")}
     with (tmp_path / "demo.out").open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "bus", "demo", "--timesteps", "1000000", "--runs", "2", "--config", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "metricbus",
+                "demo",
+                "--timesteps",
+                "1000000",
+                "--runs",
+                "2",
+                "--config",
+                str(config),
+            ],
             cwd=tmp_path,
             env=env,
             stdout=out,

@@ -17,7 +17,7 @@ from support import REPO, Stack, wait_until
 
 from bus.config import ConfigError, parse_config
 from bus.publisher import Publisher
-from sinks.registry import resolve
+from bus.registry import resolve
 
 EXAMPLE_PACKAGE = REPO / "examples" / "metricbus-example-sink"
 
@@ -68,7 +68,7 @@ def test_a_type_resolves_to_a_builtin_a_module_class_or_says_what_is_known() -> 
 def test_metricbus_sinks_lists_builtins_with_their_options() -> None:
     """``metricbus sinks`` prints every built-in with its origin, summary and typed options."""
     result = subprocess.run(
-        [sys.executable, "-m", "bus", "sinks"], capture_output=True, text=True, cwd=REPO, timeout=60
+        [sys.executable, "-m", "metricbus", "sinks"], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -127,7 +127,7 @@ def plugin_env(target: Path) -> dict[str, str]:
 def test_metricbus_sinks_lists_an_installed_plugin(installed_plugin: Path) -> None:
     """An installed entry point appears in ``metricbus sinks`` as a plugin, with its options."""
     result = subprocess.run(
-        [sys.executable, "-m", "bus", "sinks"],
+        [sys.executable, "-m", "metricbus", "sinks"],
         capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, **plugin_env(installed_plugin)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -153,7 +153,7 @@ def test_entry_point_plugin_runs_from_yaml_by_name(installed_plugin: Path, tmp_p
     written = json.loads(summary.read_text())
     assert written["runs"]["plug"] == {"messages": 3, "last_step": 2, "latest": 3.0, "best": 5.0}
     check = subprocess.run(
-        [sys.executable, "-m", "bus", "check", str(stack.config_path)],
+        [sys.executable, "-m", "metricbus", "check", str(stack.config_path)],
         capture_output=True, text=True, cwd=tmp_path, timeout=60, env={**os.environ, **plugin_env(installed_plugin)},
     )  # fmt: skip
     assert check.returncode == 0, check.stderr

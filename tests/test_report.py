@@ -58,7 +58,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def report(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bus", "report", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "metricbus", "report", *args], cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 

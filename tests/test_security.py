@@ -22,7 +22,7 @@ from bus.security import ENV_SECRET_FILE, ENV_SERVER_KEY, broker_curve, client_c
 def make_keys(directory: Path, *names: str) -> None:
     for name in names:
         done = subprocess.run(
-            [sys.executable, "-m", "bus", "keys", name, "--dir", str(directory)],
+            [sys.executable, "-m", "metricbus", "keys", name, "--dir", str(directory)],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -62,7 +62,7 @@ def test_keys_writes_a_pair_with_a_private_secret_and_never_overwrites(tmp_path:
     public, secret = zmq.auth.load_certificate(tmp_path / "node-1.key_secret")
     assert secret is not None and zmq.auth.load_certificate(tmp_path / "node-1.key")[0] == public
     again = subprocess.run(
-        [sys.executable, "-m", "bus", "keys", "node-1", "--dir", str(tmp_path)], capture_output=True, text=True
+        [sys.executable, "-m", "metricbus", "keys", "node-1", "--dir", str(tmp_path)], capture_output=True, text=True
     )
     assert again.returncode == 1 and "exists" in again.stdout
     assert zmq.auth.load_certificate(tmp_path / "node-1.key_secret") == (public, secret)

@@ -296,7 +296,7 @@ def test_metricbus_tail_table_mode_prints_a_table_per_run(stack: Stack, tmp_path
     out_path = tmp_path / "tail.out"
     with out_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bus", "tail", "--table", "--refresh", "0.1", "--endpoint", stack.backend],
+            [sys.executable, "-m", "metricbus", "tail", "--table", "--refresh", "0.1", "--endpoint", stack.backend],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -321,7 +321,7 @@ def test_bridges_do_not_import_their_heavy_packages_at_load() -> None:
     code = (
         "import sys\n"
         "from bus.config import parse_config\n"
-        "from sinks.registry import describe_all\n"
+        "from bus.registry import describe_all\n"
         "parse_config({'sinks': {t: {'type': t} for t in ('jsonl', 'tensorboard', 'prometheus', 'csv', 'console')}})\n"
         "describe_all()\n"
         "heavy = ('tensorboardX', 'tensorboard', 'prometheus_client', 'torch', 'dash')\n"

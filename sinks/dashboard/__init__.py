@@ -1,4 +1,4 @@
-"""The live dashboard sink and ``metricbus report``.
+"""The live dashboard sink (``metricbus report`` draws with its charts).
 
 Importing this package imports no Dash: the sink class lives in :mod:`sinks.dashboard.sink`
 and imports Dash only when it is constructed, so ``metricbus check`` stays light.

@@ -41,7 +41,7 @@ def _load(value: str | None) -> tuple[Config, Path]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from bus.supervisor import Supervisor
+    from metricbus.supervisor import Supervisor
 
     config, path = _load(args.config or args.config_option)
     return Supervisor(config, path).run()
@@ -60,9 +60,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     from bus.process import mark_ready, stop_on_signals
+    from bus.registry import create
     from bus.security import client_curve
     from bus.subscriber import SinkContext, SinkRunner
-    from sinks.registry import create
 
     config, _ = _load(args.config)
     if args.name not in config.sinks:
@@ -144,7 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from bus.process import stop_on_signals
-    from bus.replay import replay
+    from metricbus.replay import replay
 
     endpoint = args.endpoint or defaults.publisher_endpoint()
     paths = [Path(p) for p in args.files]
@@ -158,7 +158,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_sinks(args: argparse.Namespace) -> int:
-    from sinks.registry import describe_all
+    from bus.registry import describe_all
 
     for info in describe_all():
         print(f"{info.name}  [{info.origin}] {info.target}")
@@ -229,24 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("sinks", cmd_sinks, "list the sink types available, with their options")
 
-    p = command("demo", _lazy("publishers.demo:cmd_demo"), "train PPO on CartPole with the whole stack running")
+    p = command("demo", _lazy("metricbus.demo:cmd_demo"), "train PPO on CartPole with the whole stack running")
     p.add_argument("--timesteps", type=int, default=50_000, help="steps per run (default 50000)")
     p.add_argument("--runs", type=int, default=2, help="runs side by side, different seeds (default 2)")
     p.add_argument("--exit", action="store_true", help="stop the stack when training ends")
     config_option(p)
 
-    p = command("sample", _lazy("publishers.system:cmd_sample"), "publish this node's system metrics")
+    p = command("sample", _lazy("metricbus.sample:cmd_sample"), "publish this node's system metrics")
     p.add_argument("--interval", type=float, help="seconds between samples (default: the config's)")
     p.add_argument("--endpoint", help="broker frontend (default: $METRICBUS_ENDPOINT or the config's)")
     config_option(p)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
 
-    p = command("report", _lazy("sinks.dashboard.report:cmd_report"), "write an HTML (or markdown) report of runs")
+    p = command("report", _lazy("metricbus.report:cmd_report"), "write an HTML (or markdown) report of runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--output", help="output file (default: report.html or report.md)")
     p.add_argument("--format", choices=("html", "md"), default="html")
 
-    p = command("keys", _lazy("bus.security:cmd_keys"), "create a CURVE key pair for the broker or a client")
+    p = command("keys", _lazy("metricbus.keys:cmd_keys"), "create a CURVE key pair for the broker or a client")
     p.add_argument("name", help="key name, e.g. broker or worker-1")
     p.add_argument("--dir", default="keys", help="directory for the key files (default: keys/)")
     return parser

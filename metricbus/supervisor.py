@@ -70,7 +70,7 @@ class Supervisor:
         self.config_path = config_path
         self._stop = threading.Event()
         self._state = Path(tempfile.mkdtemp(prefix="metricbus-up-"))
-        base = [sys.executable, "-m", "bus"]
+        base = [sys.executable, "-m", "metricbus"]
         cfg = ["--config", str(config_path)]
         self.children: list[Child] = []
 
@@ -190,7 +190,7 @@ class Supervisor:
 
 def _where(sink: SinkConfig) -> str:
     """Where a sink serves or writes, from its options and its constructor's defaults."""
-    from sinks.registry import options_of, resolve
+    from bus.registry import options_of, resolve
 
     try:
         defaults = {k: p.default for k, p in options_of(resolve(sink.type)).items()}

@@ -77,7 +77,7 @@ def _load(target: str, type_name: str) -> type:
 
 
 def _importable_here() -> None:
-    # Sink processes run as `python -m bus`, which puts the directory `metricbus up` runs in on
+    # Sink processes run as `python -m metricbus`, which puts the directory `metricbus up` runs in on
     # sys.path; the console script does not, so `metricbus up`/`check` would fail to find the
     # same `my_sinks.py`. Appended, not prepended: it never shadows an installed package.
     cwd = os.getcwd()

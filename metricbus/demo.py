@@ -6,7 +6,7 @@ each, one torch thread each, so two runs share two cores without fighting — wi
 :class:`~publishers.sb3.MetricbusCallback`, says where the dashboard and the logs are,
 and then keeps the stack up until Ctrl-C (or stops it at once with ``--exit``).
 
-``python -m publishers.demo --run ID --seed N --timesteps T --endpoint E`` is one
+``python -m metricbus.demo --run ID --seed N --timesteps T --endpoint E`` is one
 training process; the command starts those.
 """
 
@@ -75,7 +75,7 @@ class StackProcess:
         # first (they report "interrupted" through the stack) and the stack after them
         # METRICBUS_PARENT_PID: should the demo be killed outright, the stack stops by itself
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bus", "up", str(config_path)],
+            [sys.executable, "-m", "metricbus", "up", str(config_path)],
             stdout=subprocess.PIPE,
             start_new_session=True,
             env={**os.environ, PARENT_ENV: str(os.getpid())},
@@ -170,7 +170,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             [
                 sys.executable,
                 "-m",
-                "publishers.demo",
+                "metricbus.demo",
                 "--run",
                 run,
                 "--seed",
@@ -275,7 +275,7 @@ def _interrupt_when_parent_dies() -> None:
 
 
 def _worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m publishers.demo", description="one demo training run")
+    parser = argparse.ArgumentParser(prog="python -m metricbus.demo", description="one demo training run")
     parser.add_argument("--run", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timesteps", type=int, default=50_000)

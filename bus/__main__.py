@@ -1,5 +1,0 @@
-import sys
-
-from bus.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from metricbus.cli import main
+
+sys.exit(main())
