@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from alerts.loading import Where, load_rules
+from alerts.loading import load_rules
 from alerts.notifiers import NotifierWorker, build_notifiers, check_notify
 from alerts.rules import AbsenceRule, Rule
 from alerts.state import FIRING, RESOLVED, Series, SeriesKey, recent_sources, restore_alerts
 from bus.message import VERSION, Message
+from bus.options import Where
 
 log = logging.getLogger("metricbus.alerts")
 

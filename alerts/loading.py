@@ -9,14 +9,11 @@ own options, which are checked against the kind's constructor signature and type
 from __future__ import annotations
 
 import importlib
-import inspect
 import re
 import string
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import yaml
 
@@ -32,29 +29,11 @@ from alerts.rules import (
     parse_duration,
     parse_for,
 )
-from bus.config import ConfigError
+from bus.options import ConfigError, Where, construct_checked
 
 TEMPLATE_FIELDS: Final = ("rule", "severity", "state", "run", "node", "source", "metric", "value", "threshold")
 COMMON_KEYS: Final = ("name", "kind", "severity", "select", "for", "clear", "repeat", "message")
 _NAME: Final = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
-T = TypeVar("T")
-
-
-class Where:
-    """A file and a key path inside it, e.g. ``alerts.yaml: rules[3].threshold``."""
-
-    def __init__(self, file: str, path: str = "") -> None:
-        self.file = file
-        self.path = path
-
-    def key(self, key: str) -> Where:
-        return Where(self.file, f"{self.path}.{key}" if self.path else key)
-
-    def index(self, i: int) -> Where:
-        return Where(self.file, f"{self.path}[{i}]")
-
-    def error(self, text: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {self.path or '<top level>'}: {text}")
 
 
 def _regex(value: object, where: Where) -> re.Pattern[str]:
@@ -113,64 +92,6 @@ def rule_class(kind: object, where: Where) -> type[Rule]:
     if not (isinstance(obj, type) and issubclass(obj, Rule)):
         raise where.error(f"expected a subclass of alerts.rules.Rule, {kind!r} is not one")
     return obj
-
-
-def construct_checked(cls: type[T], options: dict[str, Any], where: Where, what: str, common: Sequence[str] = ()) -> T:
-    """``cls(**options)`` after checking the option names and simple types against its signature."""
-    params = {
-        n: p
-        for n, p in inspect.signature(cls.__init__).parameters.items()
-        if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    accepted = ", ".join([*common, *params])
-    for key in options:
-        if key not in params:
-            raise where.key(key).error(f"expected one of the keys {accepted} (unknown key for {what})")
-    for name, p in params.items():
-        if p.default is p.empty and name not in options:
-            raise where.key(name).error(f"expected a value (required by {what})")
-    hints = _hints(cls)
-    for key, value in options.items():
-        problem = _type_problem(value, hints.get(key))
-        if problem:
-            raise where.key(key).error(f"expected {problem}, got {value!r}")
-    try:
-        return cls(**options)
-    except RuleError as exc:
-        raise where.key(exc.key).error(str(exc)) from None
-
-
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls.__init__)
-    except Exception:  # a plug-in's unresolvable annotations just mean no type check
-        return {}
-
-
-def _type_problem(value: object, hint: Any) -> str | None:
-    """What ``value`` should have been for the simple types rules use, or None when it fits."""
-    if hint is None:
-        return None
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    allowed = typing.get_args(hint) if union else (hint,)
-    names = []
-    for t in allowed:
-        base = getattr(t, "__origin__", t)
-        if t is type(None) and value is None:
-            return None
-        if base is bool and isinstance(value, bool):
-            return None
-        if base is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return None
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
-            return None
-        if base in (str, list, dict) and isinstance(value, base):
-            return None
-        if not isinstance(base, type):
-            return None  # a type this check does not know: let the class decide
-        names.append({float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(base, ""))
-        names[-1] = names[-1] or ("nothing" if base is type(None) else f"a {base.__name__}")
-    return " or ".join(n for n in names if n != "nothing") or None
 
 
 def _check_template(template: str, where: Where) -> None:

@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from typing import Any, ClassVar, Final
 
-from alerts.loading import Where, construct_checked
 from alerts.rules import SEVERITIES, RuleError, parse_duration
+from bus.options import Where, construct_checked
 
 log = logging.getLogger("metricbus.alerts")
 

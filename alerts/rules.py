@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from bus.message import Message
+from bus.options import OptionError
 
 SEVERITIES: Final = ("info", "warning", "error", "critical")
 #: Message kinds a rule may select; ``alert`` and ``bus`` are not evaluated.
@@ -34,13 +35,8 @@ _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 8640
 Verdict = tuple[bool, float, float | None]
 
 
-class RuleError(ValueError):
+class RuleError(OptionError):
     """A bad rule option; ``key`` is the option's name, the text says what was expected."""
-
-    def __init__(self, key: str, expected: str, got: object = ...) -> None:
-        text = f"expected {expected}" + (f", got {got!r}" if got is not ... else "")
-        super().__init__(text)
-        self.key = key
 
 
 # -- values ---------------------------------------------------------------------------------

@@ -34,9 +34,10 @@ import zmq.auth
 
 from bus.broker import Broker
 from bus.config import BrokerConfig
+from bus.curve import CurveKeys
 from bus.message import Message, encode
 from bus.publisher import Publisher
-from bus.security import KeyGate
+from bus.security import BrokerCurve, KeyGate
 
 DATA: dict[str, Any] = {
     "train/value_loss": 0.12,
@@ -121,14 +122,12 @@ def _wait_path(send: Callable[[], None], sub: zmq.Socket[Any]) -> None:
 def metricbus_path(keys: Keys | None, count: int) -> tuple[float, float]:
     """(messages/s, µs per publish call) through Publisher -> Broker -> SUB."""
     config = BrokerConfig(frontend=f"tcp://127.0.0.1:{free_port()}", backend=f"tcp://127.0.0.1:{free_port()}")
-    curve: dict[str, Any] | None = None
+    curve: BrokerCurve | None = None
     client: dict[str, bytes] = {}
     if keys is not None:
-        curve = {
-            "secret": keys.server_secret,
-            "public": keys.server_public,
-            "authenticator": KeyGate(keys.authorized, keys.server_public),
-        }
+        curve = BrokerCurve(
+            CurveKeys(keys.server_secret, keys.server_public), KeyGate(keys.authorized, keys.server_public)
+        )
         client = keys.client
     broker = Broker(config, curve)
     broker.start()

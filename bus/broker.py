@@ -12,13 +12,15 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from bus.config import BrokerConfig
+from bus.publisher import Publisher  # a publisher on our own frontend carries our counters
+from bus.security import BrokerCurve
 
 log = logging.getLogger("metricbus.broker")
 
@@ -46,13 +48,13 @@ class ProxyStats:
 class Broker:
     """Binds the frontend (publishers connect) and backend (sinks connect) and forwards."""
 
-    def __init__(self, config: BrokerConfig, curve: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, config: BrokerConfig, curve: BrokerCurve | None = None) -> None:
         self.config = config
-        self.curve = curve  # {"secret", "public", "authenticator": bus.security.KeyGate} from bus.security
+        self.curve = curve
         self._context = zmq.Context()
         # ZAP runs in the sockets' own context, and before any bind: a CURVE socket with no
         # handler in its context would let every key in.
-        self._authenticator = curve.get("authenticator") if curve else None
+        self._authenticator = curve.gate if curve is not None else None
         if self._authenticator is not None:
             self._authenticator.start(self._context)
         self._control_url = f"inproc://broker-control-{id(self)}"
@@ -107,11 +109,8 @@ class Broker:
         self._context.term()
 
     def _apply_curve(self, sock: zmq.Socket[Any]) -> None:
-        if not self.curve:
-            return
-        sock.curve_server = True
-        sock.curve_secretkey = self.curve["secret"]
-        sock.curve_publickey = self.curve["public"]
+        if self.curve is not None:
+            self.curve.keys.apply(sock)
 
     def _proxy(self) -> None:
         # Sockets live in the thread that uses them (ZeroMQ sockets are not thread-safe).
@@ -151,12 +150,10 @@ class Broker:
 def run_broker(
     config: BrokerConfig,
     stop: threading.Event,
-    curve: Mapping[str, Any] | None = None,
+    curve: BrokerCurve | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run until ``stop`` is set, publishing the proxy's counters as ``bus`` messages."""
-    from bus.publisher import Publisher  # a publisher on our own frontend carries our counters
-
     broker = Broker(config, curve)
     broker.start()
     if on_ready:
@@ -165,15 +162,12 @@ def run_broker(
     node = socket.gethostname()
     publisher: Publisher | None = None
     try:
-        client_curve = None
-        if curve:
-            client_curve = {"secret": curve["secret"], "public": curve["public"], "server": curve["public"]}
-        publisher = Publisher(config.connect_frontend, None, node, heartbeat_interval=3600.0, curve=client_curve)
+        own_keys = curve.keys.as_client() if curve is not None else None
+        publisher = Publisher(config.connect_frontend, None, node, heartbeat_interval=3600.0, curve=own_keys)
         while not stop.wait(config.stats_interval):
             stats = broker.stats()
             if stats is not None:
-                auth = curve.get("authenticator") if curve else None
-                extra = auth.counts() if auth is not None else {}
+                extra = curve.gate.counts() if curve is not None else {}
                 publisher.publish("bus", {"event": "broker_stats", **stats.__dict__, **extra})
     finally:
         if publisher is not None:

@@ -17,36 +17,34 @@ from typing import Any, Final
 import yaml
 
 from bus import defaults
+from bus.curve import CurveConfig, check_exposure, parse_curve
 from bus.message import MAX_PAYLOAD_BYTES
+from bus.options import ConfigError, Where, check_options
+from bus.registry import CONTEXT_PARAMETER, resolve
+
+__all__ = [  # ConfigError and CurveConfig live below this module; they are re-exported as before
+    "RUNNER_KEYS",
+    "BrokerConfig",
+    "Config",
+    "ConfigError",
+    "CurveConfig",
+    "SamplerConfig",
+    "SinkConfig",
+    "default_config_path",
+    "load_config",
+    "parse_config",
+    "publisher_endpoint",
+    "subscriber_endpoint",
+]
 
 #: Keys of a sink entry that configure its runner; every other key goes to the sink's constructor.
 RUNNER_KEYS: Final = ("type", "topics", "batch_size", "flush_interval", "queue")
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be used; the text names the file and the key path."""
-
-
 def default_config_path() -> Path:
     """The embedded ``configs/default.yaml`` (shipped as package data of ``configs``)."""
     return Path(str(resources.files("configs").joinpath("default.yaml")))
-
-
-@dataclass(frozen=True)
-class CurveConfig:
-    """CURVE key files (absolute paths), for either end of the bus; see ``bus.security``.
-
-    The broker needs ``server_secret_file`` and ``authorized_dir`` (the clients' public
-    keys it lets in). A client (publisher, sampler, sink) needs its own
-    ``client_secret_file`` and the broker's ``server_public_file``; on the broker's own
-    node, clients without a pair of their own use the server's pair.
-    """
-
-    server_secret_file: str | None = None
-    authorized_dir: str | None = None
-    client_secret_file: str | None = None
-    server_public_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,56 +104,38 @@ def _connectable(endpoint: str) -> str:
     return endpoint.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
 
 
-class _Where:
-    """The file and key path a value came from, for error messages."""
-
-    def __init__(self, file: str, path: str = "") -> None:
-        self.file = file
-        self.path = path
-
-    def __truediv__(self, key: object) -> _Where:
-        return _Where(self.file, f"{self.path}.{key}" if self.path else str(key))
-
-    def error(self, expected: str, got: object = ...) -> ConfigError:
-        where = f"{self.file}: {self.path or '<top level>'}"
-        text = f"{where}: expected {expected}"
-        if got is not ...:
-            text += f", got {got!r}"
-        return ConfigError(text)
-
-
-def _mapping(value: object, where: _Where) -> dict[str, Any]:
+def _mapping(value: object, where: Where) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise where.error("a mapping", value)
+        raise where.expected("a mapping", value)
     return value
 
 
-def _no_unknown(section: Mapping[str, Any], allowed: tuple[str, ...], where: _Where) -> None:
+def _no_unknown(section: Mapping[str, Any], allowed: tuple[str, ...], where: Where) -> None:
     for key in section:
         if key not in allowed:
-            raise (where / key).error(f"one of the keys {', '.join(allowed)} (unknown key)")
+            raise (where / key).expected(f"one of the keys {', '.join(allowed)} (unknown key)")
 
 
-def _typed(section: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: _Where) -> Any:
+def _typed(section: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: Where) -> Any:
     if key not in section:
         return default
     value = section[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int in Python; a YAML `yes` where a number belongs is still a mistake.
     if isinstance(value, bool) and bool not in kinds:
-        raise (where / key).error(_type_names(kinds), value)
+        raise (where / key).expected(_type_names(kinds), value)
     if not isinstance(value, kinds) and not (float in kinds and isinstance(value, int)):
-        raise (where / key).error(_type_names(kinds), value)
+        raise (where / key).expected(_type_names(kinds), value)
     if float in kinds and isinstance(value, int):
         return float(value)
     return value
 
 
-def _positive(value: float, where: _Where) -> float:
+def _positive(value: float, where: Where) -> float:
     if value <= 0:
-        raise where.error("a positive number", value)
+        raise where.expected("a positive number", value)
     return value
 
 
@@ -171,13 +151,13 @@ def _type_names(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _endpoint(value: str, where: _Where) -> str:
+def _endpoint(value: str, where: Where) -> str:
     if not re.fullmatch(r"(tcp://[^\s:]+:\d{1,5}|ipc://\S+|inproc://\S+)", value):
-        raise where.error("a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///tmp/bus", value)
+        raise where.expected("a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///tmp/bus", value)
     return value
 
 
-def _broker(raw: object, where: _Where, base: Path) -> BrokerConfig:
+def _broker(raw: object, where: Where, base: Path) -> BrokerConfig:
     section = _mapping(raw, where)
     allowed = ("frontend", "backend", "hwm", "max_message_bytes", "stats_interval", "insecure", "curve")
     _no_unknown(section, allowed, where)
@@ -185,8 +165,6 @@ def _broker(raw: object, where: _Where, base: Path) -> BrokerConfig:
     curve_raw = section.get("curve")
     curve = None
     if curve_raw is not None:
-        from bus.security import parse_curve  # late: bus.security imports this module
-
         curve = parse_curve(_mapping(curve_raw, where / "curve"), where / "curve", base)
     broker = BrokerConfig(
         frontend=_endpoint(_typed(section, "frontend", str, d.frontend, where), where / "frontend"),
@@ -203,23 +181,22 @@ def _broker(raw: object, where: _Where, base: Path) -> BrokerConfig:
         insecure=_typed(section, "insecure", bool, d.insecure, where),
         curve=curve,
     )
-    from bus.security import check_exposure
-
-    check_exposure(broker, where)
+    if broker.curve is None and not broker.insecure:
+        check_exposure({"frontend": broker.frontend, "backend": broker.backend}, where)
     return broker
 
 
-def _sink(name: str, raw: object, where: _Where, base_dir: Path) -> SinkConfig:
+def _sink(name: str, raw: object, where: Where, base_dir: Path) -> SinkConfig:
     if not _NAME.fullmatch(name):
-        raise where.error(f"a sink name matching {_NAME.pattern}", name)
+        raise where.expected(f"a sink name matching {_NAME.pattern}", name)
     section = _mapping(raw, where)
     if "type" not in section:
-        raise (where / "type").error("a sink type (required): a built-in name or module:Class")
+        raise (where / "type").expected("a sink type (required): a built-in name or module:Class")
     sink_type = _typed(section, "type", str, "", where)
     topics_raw = _typed(section, "topics", list, [""], where)
     for i, topic in enumerate(topics_raw):
         if not isinstance(topic, str):
-            raise (where / "topics" / i).error("a topic prefix string such as 'metrics/'", topic)
+            raise (where / "topics" / i).expected("a topic prefix string such as 'metrics/'", topic)
     options = {k: v for k, v in section.items() if k not in RUNNER_KEYS}
     sink = SinkConfig(
         name=name,
@@ -230,19 +207,11 @@ def _sink(name: str, raw: object, where: _Where, base_dir: Path) -> SinkConfig:
         flush_interval=_positive(_typed(section, "flush_interval", float, 0.2, where), where / "flush_interval"),
         queue=int(_positive(_typed(section, "queue", int, defaults.SUBSCRIBER_HWM, where), where / "queue")),
     )
-    from bus.registry import check_options, resolve  # late: the registry imports sink modules
-
     try:
         cls = resolve(sink_type)
     except LookupError as exc:
-        raise ConfigError(f"{where.file}: {where.path}.type: {exc}") from None
-    problem = check_options(cls, options)
-    if problem:
-        # e.g. "my.yaml: sinks.losses.x: option 'x' is not accepted by PrintLosses (accepted: key)";
-        # the registry's text starts "option 'name'", so the key path can point at the option.
-        match = re.match(r"option '([^']+)'", problem)
-        at = where / match[1] if match and match[1] in options else where
-        raise ConfigError(f"{at.file}: {at.path}: {problem}")
+        raise (where / "type").error(str(exc)) from None
+    check_options(cls, options, where, exclude=(CONTEXT_PARAMETER,))
     # Optional deeper check a sink class may offer (the alerts engine parses its rule files
     # here), so that `metricbus check` and load_config fail on what the signature cannot see.
     validate = getattr(cls, "validate_options", None)
@@ -251,7 +220,7 @@ def _sink(name: str, raw: object, where: _Where, base_dir: Path) -> SinkConfig:
     return sink
 
 
-def _sampler(raw: object, where: _Where) -> SamplerConfig:
+def _sampler(raw: object, where: Where) -> SamplerConfig:
     section = _mapping(raw, where)
     _no_unknown(section, ("enabled", "interval", "disk_path"), where)
     d = SamplerConfig()
@@ -264,7 +233,7 @@ def _sampler(raw: object, where: _Where) -> SamplerConfig:
 
 def parse_config(data: object, file: str = "<config>", path: Path | None = None) -> Config:
     """A validated :class:`Config` from already-parsed YAML data."""
-    where = _Where(file)
+    where = Where(file)
     top = _mapping(data, where)
     _no_unknown(top, ("broker", "sinks", "sampler", "alerts"), where)
     sinks_raw = _mapping(top.get("sinks"), where / "sinks")
@@ -293,3 +262,24 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{file}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
     return parse_config(data, str(file), file.resolve())
+
+
+# -- where a process connects when nothing says so: the environment, else $METRICBUS_CONFIG's --------
+
+
+def publisher_endpoint() -> str:
+    """Where a publisher connects: ``METRICBUS_ENDPOINT``, else the config's frontend."""
+    env = os.environ.get(defaults.ENV_ENDPOINT)
+    if env:
+        return env
+    path = os.environ.get(defaults.ENV_CONFIG)
+    return load_config(path).broker.connect_frontend if path else defaults.FRONTEND
+
+
+def subscriber_endpoint() -> str:
+    """Where a subscriber connects: ``METRICBUS_BACKEND``, else the config's backend."""
+    env = os.environ.get(defaults.ENV_BACKEND)
+    if env:
+        return env
+    path = os.environ.get(defaults.ENV_CONFIG)
+    return load_config(path).broker.connect_backend if path else defaults.BACKEND

@@ -1,11 +1,11 @@
 """Default addresses and limits, and the environment variables that override them.
 
-Every example, the embedded config and a user's first run agree on these numbers.
+Every example, the embedded config and a user's first run agree on these numbers. Which
+endpoint a process uses when nothing says so is :func:`bus.config.publisher_endpoint`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Final
 
 FRONTEND: Final = "tcp://127.0.0.1:5555"
@@ -23,29 +23,3 @@ SUBSCRIBER_HWM: Final = 1_000_000
 ENV_ENDPOINT: Final = "METRICBUS_ENDPOINT"  # where publishers connect (broker frontend)
 ENV_BACKEND: Final = "METRICBUS_BACKEND"  # where subscribers connect (broker backend)
 ENV_CONFIG: Final = "METRICBUS_CONFIG"  # the config file the CLI and publishers read
-
-
-def publisher_endpoint() -> str:
-    """Where a publisher connects: ``METRICBUS_ENDPOINT``, else the config's frontend."""
-    env = os.environ.get(ENV_ENDPOINT)
-    if env:
-        return env
-    path = os.environ.get(ENV_CONFIG)
-    if path:
-        from bus.config import load_config  # late: keeps a bare publisher free of YAML parsing
-
-        return load_config(path).broker.connect_frontend
-    return FRONTEND
-
-
-def subscriber_endpoint() -> str:
-    """Where a subscriber connects: ``METRICBUS_BACKEND``, else the config's backend."""
-    env = os.environ.get(ENV_BACKEND)
-    if env:
-        return env
-    path = os.environ.get(ENV_CONFIG)
-    if path:
-        from bus.config import load_config
-
-        return load_config(path).broker.connect_backend
-    return BACKEND

@@ -23,7 +23,10 @@ from typing import Any, Final
 import zmq
 
 from bus import defaults
+from bus.config import publisher_endpoint
+from bus.curve import CurveKeys, client_keys
 from bus.message import VERSION, check_run_id, pack, packer, topic_source
+from bus.security import default_client_curve
 
 #: Messages held while the broker's subscription has not yet arrived.
 DEFAULT_BACKLOG: Final = 100_000
@@ -50,10 +53,10 @@ class Publisher:
         connect_timeout: float = 2.0,
         linger: float = 2.0,
         backlog: int = DEFAULT_BACKLOG,
-        curve: Mapping[str, bytes] | None = None,
+        curve: CurveKeys | Mapping[str, bytes] | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
-        self.endpoint = endpoint or defaults.publisher_endpoint()
+        self.endpoint = endpoint or publisher_endpoint()
         self.run = check_run_id(run) if run is not None else None
         self.node = node or socket.gethostname()
         self.pub = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -72,8 +75,6 @@ class Publisher:
         if curve is None:
             # Keys from METRICBUS_CURVE_* or METRICBUS_CONFIG: a training script on a worker
             # node connects securely with no code change. ``curve={}`` means plain, on purpose.
-            from bus.security import default_client_curve
-
             curve = default_client_curve()
         self._own_context = context is None
         self._context = context or zmq.Context()
@@ -81,10 +82,9 @@ class Publisher:
         sock.setsockopt(zmq.XPUB_NODROP, 1)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.LINGER, int(linger * 1000))
-        if curve:
-            sock.curve_secretkey = curve["secret"]
-            sock.curve_publickey = curve["public"]
-            sock.curve_serverkey = curve["server"]
+        keys = client_keys(curve)
+        if keys is not None:
+            keys.apply(sock)
         sock.connect(self.endpoint)
         self._socket = sock
         self._open = self._await_subscription(connect_timeout)

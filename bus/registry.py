@@ -11,11 +11,11 @@ import importlib
 import inspect
 import os
 import sys
-import types
-import typing
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Final, Union
+from typing import Any, Final
+
+from bus.options import find_problem, keyword_parameters, option_text, type_hints, type_name
 
 ENTRY_POINT_GROUP: Final = "metricbus.sinks"
 
@@ -111,68 +111,13 @@ def resolve(type_name: str) -> type:
 
 def options_of(cls: type) -> dict[str, inspect.Parameter]:
     """The constructor keywords a YAML entry may set (the runner's context excluded)."""
-    params = inspect.signature(cls).parameters
-    return {
-        name: p
-        for name, p in params.items()
-        if name != CONTEXT_PARAMETER and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return keyword_parameters(cls, exclude=(CONTEXT_PARAMETER,))
 
 
 def check_options(cls: type, options: dict[str, Any]) -> str | None:
     """What is wrong with ``options`` for ``cls``, or None."""
-    accepted = options_of(cls)
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
-    names = ", ".join(accepted) or "none"
-    for key in options:
-        if key not in accepted and not takes_any:
-            return f"option {key!r} is not accepted by {cls.__name__} (accepted: {names})"
-    for name, p in accepted.items():
-        if p.default is p.empty and name not in options:
-            return f"option {name!r} is required by {cls.__name__} (accepted: {names})"
-    hints = _hints(cls)
-    for key, value in options.items():
-        expected = hints.get(key)
-        if expected is not None and not _matches(value, expected):
-            return f"option {key!r} of {cls.__name__}: expected {_describe(expected)}, got {value!r}"
-    return None
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls.__init__)  # type: ignore[misc]
-    except Exception:  # unresolvable annotations just mean no type check
-        return {}
-
-
-def _matches(value: Any, expected: Any) -> bool:
-    origin = typing.get_origin(expected)
-    if expected is Any:
-        return True
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(expected))
-    if expected is type(None):
-        return value is None
-    if origin is not None:
-        expected = origin
-    if not isinstance(expected, type):
-        return True
-    if expected is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected in (tuple, list, typing.Sequence):
-        return isinstance(value, list | tuple)
-    try:
-        return isinstance(value, expected)
-    except TypeError:
-        return True
-
-
-def _describe(expected: Any) -> str:
-    if typing.get_origin(expected) is None and hasattr(expected, "__name__"):
-        return str(expected.__name__)
-    return str(expected).replace("typing.", "").replace("collections.abc.", "")
+    problem = find_problem(cls, options, exclude=(CONTEXT_PARAMETER,))
+    return option_text(cls, problem) if problem is not None else None
 
 
 def describe_all() -> list[SinkInfo]:
@@ -189,11 +134,11 @@ def describe_all() -> list[SinkInfo]:
         except LookupError as exc:
             rows.append(SinkInfo(name, target, origin, f"unavailable: {exc}", [], available=False))
             continue
-        hints = _hints(cls)
+        hints = type_hints(cls)
         options = [
             (
                 opt,
-                _describe(hints[opt]) if opt in hints else "any",
+                type_name(hints[opt]) if opt in hints else "any",
                 "required" if p.default is p.empty else repr(p.default),
             )
             for opt, p in options_of(cls).items()

@@ -9,19 +9,18 @@ environment, so a training script on a worker node needs no code change:
 ``METRICBUS_CURVE_SECRET_FILE``  the client's secret key file (``NAME.key_secret``)
 ``METRICBUS_CURVE_SERVER_KEY``   the broker's public key file (``broker.key``)
 
-Key files are the certificate files ``zmq.auth`` writes and reads; ``metricbus keys NAME``
-(:mod:`metricbus.keys`) makes a pair. Nothing here is needed on loopback, where the default config lives.
+The keys themselves, the key files and the config section are :mod:`bus.curve`;
+``metricbus keys NAME`` (:mod:`metricbus.keys`) makes a pair. Nothing here is needed on
+loopback, where the default config lives.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 import zmq
 import zmq.auth
@@ -29,106 +28,14 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from bus import defaults
-from bus.config import BrokerConfig, Config, ConfigError, CurveConfig
-
-if TYPE_CHECKING:
-    from bus.config import _Where
+from bus.config import Config, load_config
+from bus.curve import CurveKeys, is_local, load_pair, load_public
+from bus.options import ConfigError
 
 log = logging.getLogger("metricbus.security")
 
 ENV_SECRET_FILE: Final = "METRICBUS_CURVE_SECRET_FILE"
 ENV_SERVER_KEY: Final = "METRICBUS_CURVE_SERVER_KEY"
-_CURVE_KEYS: Final = ("server_secret_file", "authorized_dir", "client_secret_file", "server_public_file")
-_LOCAL_HOSTS: Final = frozenset({"localhost", "lo", "ip6-localhost"})
-
-
-# -- key files ------------------------------------------------------------------------------
-
-
-def _load_pair(path: str, what: str) -> tuple[bytes, bytes]:
-    public, secret = zmq.auth.load_certificate(path)
-    if secret is None:
-        raise ValueError(f"{path} holds no secret key; {what} needs the .key_secret file")
-    return public, secret
-
-
-def _load_public(path: str) -> bytes:
-    public, _ = zmq.auth.load_certificate(path)
-    return public
-
-
-def parse_curve(section: Mapping[str, Any], where: _Where, base: Path) -> CurveConfig:
-    """The ``broker.curve`` section, with every path resolved and every key file read once."""
-    for key in section:
-        if key not in _CURVE_KEYS:
-            raise (where / key).error(f"one of the keys {', '.join(_CURVE_KEYS)} (unknown key)")
-    paths: dict[str, str | None] = {}
-    for key in _CURVE_KEYS:
-        value = section.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise (where / key).error("a file path", value)
-        paths[key] = str((base / Path(value).expanduser()).resolve()) if value else None
-    server = paths["server_secret_file"], paths["authorized_dir"]
-    client = paths["client_secret_file"], paths["server_public_file"]
-    for (a, b), names in ((server, _CURVE_KEYS[:2]), (client, _CURVE_KEYS[2:])):
-        if (a is None) != (b is None):
-            missing = names[1] if b is None else names[0]
-            raise (where / missing).error(f"a path: {names[0]} and {names[1]} go together")
-    if server == (None, None) and client == (None, None):
-        raise where.error(
-            "server_secret_file and authorized_dir (the broker's node) "
-            "or client_secret_file and server_public_file (other nodes)"
-        )
-    checks: list[tuple[str, str, str]] = [
-        ("server_secret_file", "pair", "the broker"),
-        ("client_secret_file", "pair", "a client"),
-        ("server_public_file", "public", ""),
-    ]
-    for key, kind, who in checks:
-        path = paths[key]
-        if path is None:
-            continue
-        try:
-            _load_pair(path, who) if kind == "pair" else _load_public(path)
-        except (OSError, ValueError) as exc:
-            made_by = "`metricbus keys NAME`"
-            raise (where / key).error(f"a CURVE key file made by {made_by} ({exc})", section[key]) from None
-    authorized = paths["authorized_dir"]
-    if authorized is not None and not Path(authorized).is_dir():
-        raise (where / "authorized_dir").error(
-            "a directory holding the clients' public .key files", section["authorized_dir"]
-        )
-    return CurveConfig(**paths)
-
-
-# -- exposure -------------------------------------------------------------------------------
-
-
-def is_local(endpoint: str) -> bool:
-    """True for an endpoint only this host can reach: loopback TCP, ipc, inproc."""
-    transport, _, rest = endpoint.partition("://")
-    if transport != "tcp":
-        return True
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    if host in _LOCAL_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # "*", an interface name or a host name: assume reachable from elsewhere
-        return False
-
-
-def check_exposure(broker: BrokerConfig, where: _Where) -> None:
-    """Refuse a non-loopback endpoint without CURVE, unless ``insecure: true`` says it is meant."""
-    if broker.curve is not None or broker.insecure:
-        return
-    for key, endpoint in (("frontend", broker.frontend), ("backend", broker.backend)):
-        if not is_local(endpoint):
-            raise (where / key).error(
-                "a loopback address unless CURVE is configured: set broker.curve (see `metricbus keys`) "
-                "or, to send metrics unencrypted and unauthenticated on purpose, broker.insecure: true",
-                endpoint,
-            )
 
 
 # -- the broker side ------------------------------------------------------------------------
@@ -199,7 +106,15 @@ class KeyGate:
         return self._keys
 
 
-def broker_curve(config: Config) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class BrokerCurve:
+    """What a CURVE broker needs: its own keys and the gate that lets clients in."""
+
+    keys: CurveKeys
+    gate: KeyGate
+
+
+def broker_curve(config: Config) -> BrokerCurve | None:
     """The broker's CURVE keys and its :class:`KeyGate`, or None when CURVE is off.
 
     Also where an insecure non-loopback broker is announced, since every broker start
@@ -222,14 +137,14 @@ def broker_curve(config: Config) -> dict[str, Any] | None:
             f"{where}: expected server_secret_file and authorized_dir to run the broker "
             "(this config only has a client's keys)"
         )
-    public, secret = _load_pair(curve.server_secret_file, "the broker")
-    return {"secret": secret, "public": public, "authenticator": KeyGate(curve.authorized_dir, public)}
+    public, secret = load_pair(curve.server_secret_file, "the broker")
+    return BrokerCurve(CurveKeys(secret, public), KeyGate(curve.authorized_dir, public))
 
 
 # -- the client side ------------------------------------------------------------------------
 
 
-def client_curve(config: Config) -> dict[str, bytes] | None:
+def client_curve(config: Config) -> CurveKeys | None:
     """A client's keys from ``config`` (its own pair and the server's public key), or None.
 
     On the broker's node a config may name only the server's pair: its clients then use
@@ -239,14 +154,14 @@ def client_curve(config: Config) -> dict[str, bytes] | None:
     if curve is None:
         return None
     if curve.client_secret_file is not None and curve.server_public_file is not None:
-        public, secret = _load_pair(curve.client_secret_file, "a client")
-        return {"secret": secret, "public": public, "server": _load_public(curve.server_public_file)}
+        public, secret = load_pair(curve.client_secret_file, "a client")
+        return CurveKeys(secret, public, load_public(curve.server_public_file))
     assert curve.server_secret_file is not None  # parse_curve guarantees one pair or the other
-    public, secret = _load_pair(curve.server_secret_file, "the broker")
-    return {"secret": secret, "public": public, "server": public}
+    public, secret = load_pair(curve.server_secret_file, "the broker")
+    return CurveKeys(secret, public).as_client()
 
 
-def env_curve() -> dict[str, bytes] | None:
+def env_curve() -> CurveKeys | None:
     """A client's keys from ``METRICBUS_CURVE_SECRET_FILE`` and ``METRICBUS_CURVE_SERVER_KEY``."""
     secret_file = os.environ.get(ENV_SECRET_FILE)
     server_file = os.environ.get(ENV_SERVER_KEY)
@@ -257,24 +172,22 @@ def env_curve() -> dict[str, bytes] | None:
         given = ENV_SECRET_FILE if secret_file else ENV_SERVER_KEY
         raise ConfigError(f"{given} is set but {missing} is not; CURVE needs both")
     try:
-        public, secret = _load_pair(secret_file, "a client")
+        public, secret = load_pair(secret_file, "a client")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{ENV_SECRET_FILE}={secret_file}: not a CURVE secret key file ({exc})") from None
     try:
-        server = _load_public(server_file)
+        server = load_public(server_file)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{ENV_SERVER_KEY}={server_file}: not a CURVE public key file ({exc})") from None
-    return {"secret": secret, "public": public, "server": server}
+    return CurveKeys(secret, public, server)
 
 
-def default_client_curve() -> dict[str, bytes] | None:
+def default_client_curve() -> CurveKeys | None:
     """What a publisher given no keys uses: the environment's, else ``METRICBUS_CONFIG``'s."""
     keys = env_curve()
     if keys is not None:
         return keys
     path = os.environ.get(defaults.ENV_CONFIG)
     if path:
-        from bus.config import load_config
-
         return client_curve(load_config(path))
     return None

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import zmq
 
+from bus.curve import CurveKeys, client_keys
 from bus.message import CONTROL_PREFIX, KINDS, MAX_PAYLOAD_BYTES, DecodeError, Message, decode
 
 log = logging.getLogger("metricbus.subscriber")
@@ -63,7 +64,7 @@ class SinkContext:
     backend: str
     node: str
     config: Any = None  # the whole bus.config.Config, when run from one
-    curve: Mapping[str, bytes] | None = None
+    curve: CurveKeys | None = None
 
 
 @dataclass
@@ -143,7 +144,7 @@ class SinkRunner:
         max_bytes: int = MAX_PAYLOAD_BYTES,
         catch: bool = True,
         known_seqs: Mapping[str, int] | None = None,
-        curve: Mapping[str, bytes] | None = None,
+        curve: CurveKeys | Mapping[str, bytes] | None = None,
         node: str | None = None,
     ) -> None:
         self.sink = sink
@@ -156,7 +157,7 @@ class SinkRunner:
         self.queue = queue
         self.max_bytes = max_bytes
         self.catch = catch
-        self.curve = curve
+        self.curve = client_keys(curve)
         self.node = node or socket.gethostname()
         self.stats = RunnerStats()
         self.ready = threading.Event()
@@ -185,10 +186,8 @@ class SinkRunner:
         sub = context.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, self.queue)
         sub.setsockopt(zmq.LINGER, 0)
-        if self.curve:
-            sub.curve_secretkey = self.curve["secret"]
-            sub.curve_publickey = self.curve["public"]
-            sub.curve_serverkey = self.curve["server"]
+        if self.curve is not None:
+            self.curve.apply(sub)
         for topic in self.topics:
             sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
         token = uuid.uuid4().hex
@@ -230,10 +229,8 @@ class SinkRunner:
         assert self.frontend is not None
         probe = context.socket(zmq.XPUB)
         probe.setsockopt(zmq.LINGER, 0)
-        if self.curve:
-            probe.curve_secretkey = self.curve["secret"]
-            probe.curve_publickey = self.curve["public"]
-            probe.curve_serverkey = self.curve["server"]
+        if self.curve is not None:
+            self.curve.apply(probe)
         probe.connect(self.frontend)
         topic = probe_topic(token)
         deadline = time.monotonic() + 30.0

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bus import defaults
-from bus.config import Config, ConfigError, default_config_path, load_config
+from bus.config import (
+    Config,
+    ConfigError,
+    default_config_path,
+    load_config,
+    publisher_endpoint,
+    subscriber_endpoint,
+)
 
 if TYPE_CHECKING:  # the runner (and zmq) load only for the commands that run a sink
     from bus.subscriber import SinkRunner
@@ -117,7 +124,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     endpoint = args.endpoint
     if endpoint is None:
-        endpoint = load_config(args.config).broker.connect_backend if args.config else defaults.subscriber_endpoint()
+        endpoint = load_config(args.config).broker.connect_backend if args.config else subscriber_endpoint()
     stop = stop_on_signals()
     sink = ConsoleSink(max_fields=args.fields, mode="table" if args.table else "lines", refresh=args.refresh)
     from bus.security import default_client_curve  # CURVE keys from the env or $METRICBUS_CONFIG
@@ -146,7 +153,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from bus.process import stop_on_signals
     from metricbus.replay import replay
 
-    endpoint = args.endpoint or defaults.publisher_endpoint()
+    endpoint = args.endpoint or publisher_endpoint()
     paths = [Path(p) for p in args.files]
     for p in paths:
         if not p.is_file():

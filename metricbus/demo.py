@@ -26,6 +26,7 @@ import zmq
 
 from bus import defaults
 from bus.config import Config, default_config_path, load_config
+from bus.curve import CurveKeys
 from bus.process import PARENT_ENV, stop_with_parent
 
 _STACK_START_TIMEOUT = 90.0
@@ -40,7 +41,7 @@ def say(text: str) -> None:
 # -- is a stack already there? ----------------------------------------------------------------------
 
 
-def broker_answers(endpoint: str, curve: dict[str, bytes] | None = None, timeout: float = 0.5) -> bool:
+def broker_answers(endpoint: str, curve: CurveKeys | None = None, timeout: float = 0.5) -> bool:
     """True when a broker on ``endpoint`` subscribes to a new publisher within ``timeout``.
 
     The same handshake as :class:`bus.publisher.Publisher`, but on a bare socket that
@@ -50,10 +51,8 @@ def broker_answers(endpoint: str, curve: dict[str, bytes] | None = None, timeout
     sock = context.socket(zmq.XPUB)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        if curve:
-            sock.curve_secretkey = curve["secret"]
-            sock.curve_publickey = curve["public"]
-            sock.curve_serverkey = curve["server"]
+        if curve is not None:
+            curve.apply(sock)
         sock.connect(endpoint)
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping
 
 from bus import defaults
-from bus.config import load_config
+from bus.config import load_config, publisher_endpoint
 from bus.process import mark_ready, stop_on_signals
 from bus.publisher import Publisher
 from bus.security import client_curve
@@ -32,10 +31,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     elif args.config and config is not None:
         endpoint = config.broker.connect_frontend
     else:
-        endpoint = defaults.publisher_endpoint()
+        endpoint = publisher_endpoint()
     interval = args.interval or (config.sampler.interval if config is not None else 2.0)
     disk_path = config.sampler.disk_path if config is not None else "/"
-    curve: Mapping[str, bytes] | None = client_curve(config) if config is not None else None
+    curve = client_curve(config) if config is not None else None
     stop = stop_on_signals()
     publisher = Publisher(endpoint, run=None, curve=curve)
     sampler = SystemSampler(publisher, interval, disk_path=disk_path).start()

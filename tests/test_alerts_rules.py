@@ -16,9 +16,9 @@ import yaml
 from support import wait_until
 
 from alerts import AlertEngine, Rule, load_rules
-from alerts.loading import Where
 from bus.config import ConfigError, default_config_path, load_config
 from bus.message import Message
+from bus.options import Where
 
 
 class Feed:

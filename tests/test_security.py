@@ -15,8 +15,9 @@ import zmq
 from support import REPO, Stack, wait_until
 
 from bus.config import ConfigError, load_config
+from bus.curve import CurveKeys, is_local
 from bus.publisher import Publisher
-from bus.security import ENV_SECRET_FILE, ENV_SERVER_KEY, broker_curve, client_curve, default_client_curve, is_local
+from bus.security import ENV_SECRET_FILE, ENV_SERVER_KEY, broker_curve, client_curve, default_client_curve
 
 
 def make_keys(directory: Path, *names: str) -> None:
@@ -31,11 +32,11 @@ def make_keys(directory: Path, *names: str) -> None:
         assert done.returncode == 0, done.stderr
 
 
-def curve_keys(directory: Path, name: str, server: str = "broker") -> dict[str, bytes]:
+def curve_keys(directory: Path, name: str, server: str = "broker") -> CurveKeys:
     public, secret = zmq.auth.load_certificate(directory / f"{name}.key_secret")
     server_public, _ = zmq.auth.load_certificate(directory / f"{server}.key")
     assert secret is not None
-    return {"secret": secret, "public": public, "server": server_public}
+    return CurveKeys(secret=secret, public=public, server=server_public)
 
 
 @pytest.fixture
