@@ -38,7 +38,7 @@ from alerts.loading import load_rules
 from alerts.notifiers import NotifierWorker, build_notifiers, check_notify
 from alerts.rules import AbsenceRule, Rule
 from alerts.state import FIRING, RESOLVED, Series, SeriesKey, recent_sources, restore_alerts
-from bus.message import VERSION, Message
+from bus.message import Message, payload
 from bus.options import Where
 
 log = logging.getLogger("metricbus.alerts")
@@ -206,7 +206,7 @@ class AlertEngine:
 
     def _targets(self, plan: _Plan, message: Message, metric: str) -> tuple[Series, ...]:
         """The series ``metric`` feeds under ``plan``: resolved once, then a dict lookup per value."""
-        source = message.node if message.kind == "system" or message.run is None else message.run
+        source = message.owner
         targets = []
         for rule in plan.rules:
             if rule.spec.selector.matches_metric(metric):
@@ -384,23 +384,13 @@ class AlertEngine:
             "since": series.since,
             "source": series.source,
         }
-        payload = {
-            "v": VERSION,
-            "kind": "alert",
-            "run": series.run,
-            "node": series.node,
-            "pub": self._pub_id,
-            "seq": self._seq,
-            "ts": time.time(),
-            "step": series.step,
-            "data": data,
-        }
+        record = payload("alert", series.run, series.node, self._pub_id, self._seq, time.time(), series.step, data)
         self._seq += 1
         self.alerts_sent += 1
-        self.recent.append(payload)
+        self.recent.append(record)
         if self._publisher is not None:
-            self._publisher.forward(payload)
-        notice = {**data, "run": series.run, "node": series.node, "step": series.step, "ts": payload["ts"]}
+            self._publisher.forward(record)
+        notice = {**data, "run": series.run, "node": series.node, "step": series.step, "ts": record["ts"]}
         for worker in self._workers:
             worker.submit(notice)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from alerts.rules import Rule
+from bus.message import owner
 
 log = logging.getLogger("metricbus.alerts")
 
@@ -113,6 +114,13 @@ def _tail_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _record_source(record: dict[str, Any]) -> object:
+    run, node = record.get("run"), record.get("node")
+    if isinstance(node, str):
+        return owner("alert", run if isinstance(run, str) and run else None, node)
+    return run or None
+
+
 def restore_alerts(root: Path) -> dict[SeriesKey, dict[str, Any]]:
     """The last alert record of every series found under a JSONL root."""
     last: dict[SeriesKey, dict[str, Any]] = {}
@@ -120,7 +128,7 @@ def restore_alerts(root: Path) -> dict[SeriesKey, dict[str, Any]]:
         for record in _tail_records(path):
             data = record["data"]
             rule = data.get("rule")
-            source = data.get("source") or record.get("run") or record.get("node")
+            source = data.get("source") or _record_source(record)
             if isinstance(rule, str) and isinstance(source, str):
                 key = (rule, source, data.get("metric"))
                 if key not in last or record.get("ts", 0) >= last[key].get("ts", 0):

@@ -51,8 +51,18 @@ class Message:
 
     @property
     def source(self) -> str:
-        """The run for run-scoped messages, else the node (the topic's second part)."""
+        """The topic's second part: the owner, except that ``bus`` notes go by node."""
         return topic_source(self.kind, self.run, self.node)
+
+    @property
+    def of_node(self) -> bool:
+        """True when the message belongs to its node rather than to a run (see :func:`of_node`)."""
+        return of_node(self.kind, self.run)
+
+    @property
+    def owner(self) -> str:
+        """The run or node the message belongs to: where it is filed, charted and judged."""
+        return owner(self.kind, self.run, self.node)
 
     @property
     def topic(self) -> str:
@@ -60,24 +70,41 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         """The payload as a plain map, keys in wire order."""
-        return {
-            "v": VERSION,
-            "kind": self.kind,
-            "run": self.run,
-            "node": self.node,
-            "pub": self.pub,
-            "seq": self.seq,
-            "ts": self.ts,
-            "step": self.step,
-            "data": self.data,
-        }
+        return payload(self.kind, self.run, self.node, self.pub, self.seq, self.ts, self.step, self.data)
+
+
+def payload(
+    kind: str, run: str | None, node: str, pub: str, seq: int, ts: float, step: int | None, data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The one constructor of a v1 payload map, keys in wire order (:data:`KEYS`)."""
+    return {
+        "v": VERSION,
+        "kind": kind,
+        "run": run,
+        "node": node,
+        "pub": pub,
+        "seq": seq,
+        "ts": ts,
+        "step": step,
+        "data": data,
+    }
+
+
+def of_node(kind: str, run: str | None) -> bool:
+    """The one rule for which run or node a message belongs to: system messages describe a
+    node; every other kind belongs to its run when it has one, else to its node."""
+    return kind == "system" or run is None
+
+
+def owner(kind: str, run: str | None, node: str) -> str:
+    """The run or node a message belongs to (:func:`of_node`)."""
+    return node if of_node(kind, run) or run is None else run
 
 
 def topic_source(kind: str, run: str | None, node: str) -> str:
-    # system and bus messages describe a node; everything else belongs to a run when it has one.
-    if kind in ("system", "bus") or run is None:
-        return node
-    return run
+    """The topic's second part: the owner (:func:`of_node`), except that ``bus`` messages (the
+    broker's counters, a sink's gap notes about a run) are routed by the node that sent them."""
+    return node if kind == "bus" else owner(kind, run, node)
 
 
 def check_run_id(run: str) -> str:

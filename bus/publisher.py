@@ -25,7 +25,7 @@ import zmq
 from bus import defaults
 from bus.config import publisher_endpoint
 from bus.curve import CurveKeys, client_keys
-from bus.message import VERSION, check_run_id, pack, packer, topic_source
+from bus.message import check_run_id, pack, packer, payload, topic_source
 from bus.security import default_client_curve
 
 #: Messages held while the broker's subscription has not yet arrived.
@@ -95,23 +95,12 @@ class Publisher:
         """Send one message of ``kind``; never blocks, never raises for a full queue."""
         ts = time.time()
         run = self.run
-        payload = {
-            "v": VERSION,
-            "kind": kind,
-            "run": run,
-            "node": self.node,
-            "pub": self.pub,
-            "seq": 0,
-            "ts": ts,
-            "step": step,
-            "data": data,
-        }
         topic = self._topics.get(kind) or self._topic(kind)
         with self._lock:
             if self._closed:
                 raise RuntimeError("publish() on a closed Publisher")
-            payload["seq"] = self._next_seq
-            packed = self._pack(payload)  # raises EncodeError before the seq is spent
+            # raises EncodeError before the seq is spent
+            packed = self._pack(payload(kind, run, self.node, self.pub, self._next_seq, ts, step, data))
             self._next_seq += 1
             self._send(topic, packed)
             if ts >= self._next_heartbeat:
@@ -132,10 +121,10 @@ class Publisher:
     def alert(self, data: Mapping[str, Any], step: int | None = None) -> None:
         self.publish("alert", data, step)
 
-    def forward(self, payload: Mapping[str, Any]) -> None:
+    def forward(self, record: Mapping[str, Any]) -> None:
         """Send a recorded payload unchanged (its own run, node, pub and seq): for replay."""
-        topic = f"{payload['kind']}/{topic_source(payload['kind'], payload['run'], payload['node'])}".encode()
-        packed = pack(payload)
+        topic = f"{record['kind']}/{topic_source(record['kind'], record['run'], record['node'])}".encode()
+        packed = pack(record)
         with self._lock:
             self._send(topic, packed)
 
@@ -233,16 +222,6 @@ class Publisher:
     def _heartbeat(self, ts: float) -> None:
         self._next_heartbeat = ts + self.heartbeat_interval
         data = {"event": "heartbeat", "sent": self.sent, "dropped": self.dropped}
-        payload = {
-            "v": VERSION,
-            "kind": "event",
-            "run": self.run,
-            "node": self.node,
-            "pub": self.pub,
-            "seq": self._next_seq,
-            "ts": ts,
-            "step": None,
-            "data": data,
-        }
+        packed = self._pack(payload("event", self.run, self.node, self.pub, self._next_seq, ts, None, data))
         self._next_seq += 1
-        self._send(self._topics.get("event") or self._topic("event"), self._pack(payload))
+        self._send(self._topics.get("event") or self._topic("event"), packed)

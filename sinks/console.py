@@ -116,8 +116,7 @@ class ConsoleSink:
         self._dirty = True
 
     def _update(self, message: Message) -> None:
-        by_node = message.kind == "system" or message.run is None
-        key = ("node", message.node) if by_node else ("run", message.run or "")
+        key = ("node", message.node) if message.of_node else ("run", message.run or "")
         view = self.views.get(key)
         if view is None:
             view = self.views[key] = RunView(title=f"{key[0]} {key[1]}")

@@ -86,8 +86,8 @@ def safe_name(name: str) -> str:
 def relative_path(message: Message) -> Path:
     """Where ``message`` goes, relative to the root."""
     file = FILE_NAMES[message.kind] + ".jsonl"
-    if message.run is not None and message.kind != "system":
-        return Path(safe_name(message.run)) / file
+    if not message.of_node:
+        return Path(safe_name(message.owner)) / file
     return Path(NODES_DIR) / safe_name(message.node) / file
 
 

@@ -90,7 +90,7 @@ class TensorBoardSink:
         self._writers.clear()
 
     def _directory(self, message: Message) -> Path:
-        by_run = message.run is not None and message.kind != "system"
+        by_run = not message.of_node
         key = (message.run, "") if by_run else (None, message.node)
         where = self._directories.get(key)
         if where is None:  # cached: building a Path per message costs more than the scalars

@@ -116,8 +116,8 @@ class Stack:
         for pid in _children(self.proc.pid):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             words = [a.decode() for a in argv if a]
-            if "bus" in words:
-                rest = words[words.index("bus") + 1 :]
+            if "metricbus" in words:
+                rest = words[words.index("metricbus") + 1 :]
                 if rest[: len(marker)] == marker:
                     return pid
         raise LookupError(f"no child {name!r} of metricbus up")

@@ -106,7 +106,7 @@ class AlertBook:
 
     def take(self, message: Message) -> None:
         data = message.data
-        source = message.run or message.node
+        source = message.owner
         rule = str(data.get("rule", "?"))
         key = (source, rule, str(data.get("metric", "")))
         entry = {
@@ -366,11 +366,11 @@ class Store:
 
 
 def _source_of(message: Message) -> Source | None:
-    if message.kind == "system":
-        return (NODE, message.node)
-    if message.run is not None:
-        return (RUN, message.run)
-    if message.kind == "alert":
+    # which run or node owns it is the wire format's rule; the dashboard keeps node-scoped
+    # system metrics and alerts, not a run-less event or the broker's counters
+    if not message.of_node:
+        return (RUN, message.owner)
+    if message.kind in ("system", "alert"):
         return (NODE, message.node)
     return None
 
