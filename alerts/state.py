@@ -15,9 +15,7 @@ was down still fires its absence alert.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, Final
 
 from alerts.rules import Rule
 from bus.message import owner
+from sinks.jsonl_files import NODES_DIR, current_files, kind_file, tail_records
 
 log = logging.getLogger("metricbus.alerts")
 
@@ -93,25 +92,7 @@ class Series:
 
 
 def _tail_records(path: Path) -> list[dict[str, Any]]:
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - _TAIL_BYTES))
-            tail = f.read()
-    except OSError:
-        return []
-    lines = tail.split(b"\n")
-    if len(tail) >= _TAIL_BYTES:
-        lines = lines[1:]  # the first line is cut
-    records = []
-    for raw in lines:
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue  # a torn last line, or a blank one
-        if isinstance(record, dict) and isinstance(record.get("data"), dict):
-            records.append(record)
-    return records
+    return [r for r in tail_records(path, _TAIL_BYTES) if isinstance(r.get("data"), dict)]
 
 
 def _record_source(record: dict[str, Any]) -> object:
@@ -124,7 +105,7 @@ def _record_source(record: dict[str, Any]) -> object:
 def restore_alerts(root: Path) -> dict[SeriesKey, dict[str, Any]]:
     """The last alert record of every series found under a JSONL root."""
     last: dict[SeriesKey, dict[str, Any]] = {}
-    for path in sorted(root.glob("*/alerts.jsonl")) + sorted(root.glob("_nodes/*/alerts.jsonl")):
+    for path in current_files(root, "alert"):
         for record in _tail_records(path):
             data = record["data"]
             rule = data.get("rule")
@@ -156,19 +137,19 @@ def recent_sources(
     for directory in root.iterdir():
         if not directory.is_dir():
             continue
-        if directory.name == "_nodes":
+        if directory.name == NODES_DIR:
             for node_dir in directory.iterdir():
-                found = _recent(node_dir, "system.jsonl", window, now)
+                found = _recent(node_dir, "system", window, now)
                 if found is not None:
                     nodes.append(RecentSource(node_dir.name, node_dir.name, found[0], None))
             continue
-        found = _recent(directory, "events.jsonl", window, now)
+        found = _recent(directory, "event", window, now)
         if found is not None:
             runs.append(RecentSource(directory.name, found[1], found[0], found[2]))
     return runs, nodes
 
 
-def _recent(directory: Path, last_file: str, window: float, now: float) -> tuple[float, str, str | None] | None:
+def _recent(directory: Path, kind: str, window: float, now: float) -> tuple[float, str, str | None] | None:
     try:
         mtime = max((p.stat().st_mtime for p in directory.glob("*.jsonl")), default=0.0)
     except OSError:
@@ -176,7 +157,7 @@ def _recent(directory: Path, last_file: str, window: float, now: float) -> tuple
     if now - mtime > window:
         return None
     node = directory.name
-    for record in reversed(_tail_records(directory / last_file)):
+    for record in reversed(_tail_records(directory / f"{kind_file(kind)}.jsonl")):
         node = str(record.get("node") or node)
         event = record["data"].get("event")
         if event == "heartbeat":

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from bus.broker import Broker  # noqa: E402 - after the path fix, so the bench runs from a checkout
 from bus.config import BrokerConfig  # noqa: E402
 from bus.publisher import Publisher  # noqa: E402
-from sinks.jsonl_reader import read_records  # noqa: E402
+from sinks.jsonl_files import read_records  # noqa: E402
 
 HWM = 1_000_000
 #: An SB3-like metrics dump: what a training loop publishes most.

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 import yaml
 
-from sinks.jsonl_reader import read_records, run_dir
+from sinks.jsonl_files import read_records, run_dir
 
 TRIGGER = "soak/trigger"
 RULE = {

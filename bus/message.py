@@ -196,6 +196,18 @@ def decode(frames: Sequence[bytes], max_bytes: int = MAX_PAYLOAD_BYTES) -> Messa
     return _from_map(obj, topic)
 
 
+def from_record(record: Mapping[str, Any]) -> Message:
+    """A stored payload (a JSONL line read back) as a :class:`Message`, checked as strictly as
+    :func:`decode` checks frames; :class:`DecodeError` says what is wrong."""
+    obj = record if type(record) is dict else dict(record)
+    kind, run, node = obj.get("kind"), obj.get("run"), obj.get("node")
+    if type(kind) is str and type(node) is str and (run is None or type(run) is str):
+        topic = f"{kind}/{topic_source(kind, run, node)}".encode()
+    else:
+        topic = b"<record>"  # _from_map names the bad field
+    return _from_map(obj, topic)
+
+
 def _fail(topic: bytes, what: str) -> DecodeError:
     try:
         text = topic.decode()
@@ -268,7 +280,7 @@ def _from_map(obj: dict[str, Any], topic: bytes) -> Message:
             raise _fail(topic, f"'data' key {key!r} is not a string")
         if type(item) not in _SCALARS:
             _check_data(item, topic, 2)
-    source = node if kind == "system" or kind == "bus" or run is None else run
+    source = topic_source(kind, run, node)
     if topic != f"{kind}/{source}".encode():
         try:
             topic.decode()

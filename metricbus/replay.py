@@ -16,7 +16,7 @@ from typing import Any
 
 from bus.message import KEYS
 from bus.publisher import Publisher
-from sinks.jsonl_reader import read_file
+from sinks.jsonl_files import read_file
 
 
 def _records(path: Path) -> Iterator[tuple[float, int, dict[str, Any]]]:

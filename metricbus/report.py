@@ -51,7 +51,7 @@ class ReportError(ValueError):
 
 def load(run_dirs: Sequence[Path]) -> tuple[Store, list[str]]:
     """A store holding every record of ``run_dirs`` (and their nodes' system metrics)."""
-    from sinks.jsonl_reader import node_dir, read_records
+    from sinks.jsonl_files import node_dir, read_records
 
     store = Store(max_points=1 << 30, max_runs=len(run_dirs) + 1, max_series=100_000, max_alerts=100_000)
     runs: list[str] = []

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from bus.message import Message
 from sinks._scalars import check_kinds
-from sinks.jsonl import relative_path
+from sinks.jsonl_files import relative_path
 
 log = logging.getLogger("metricbus.csv")
 

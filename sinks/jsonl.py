@@ -1,12 +1,8 @@
 """JSON Lines persistence: one file per run and kind, whole-line appends, size rotation.
 
-Layout under ``root``: ``<run>/metrics.jsonl``, ``<run>/episodes.jsonl``,
-``<run>/events.jsonl``, ``<run>/alerts.jsonl``, ``<run>/bus.jsonl`` (gaps), and for
-node-scoped messages ``_nodes/<node>/system.jsonl`` (and ``alerts``, ``bus``). Rotated
-files are ``metrics.000001.jsonl``, ``metrics.000002.jsonl``, … (oldest first); the
-unnumbered file is always the newest. A line is the message payload as JSON; NaN and
-±Inf are written as Python's ``NaN``/``Infinity`` tokens, which ``json``, pandas and
-DuckDB read back.
+The layout, file names and rotation scheme are :mod:`sinks.jsonl_files` (which also reads
+the files back). A line is the message payload as JSON; NaN and ±Inf are written as
+Python's ``NaN``/``Infinity`` tokens, which ``json``, pandas and DuckDB read back.
 
 Why lines are buffered and written with one ``os.write`` per file: a write of whole lines
 either lands or not, so a killed sink leaves at most one torn final line, and a short
@@ -22,7 +18,6 @@ import errno
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,19 +27,10 @@ from typing import Any, Final
 from bus.message import VERSION, Message
 from bus.subscriber import SinkContext
 from sinks.disk_alarm import WriteAlarm
+from sinks.jsonl_files import is_rotated, relative_path, rotated_name, rotation_index, tail_records
 
 log = logging.getLogger("metricbus.jsonl")
 
-FILE_NAMES: Final = {
-    "metrics": "metrics",
-    "episode": "episodes",
-    "event": "events",
-    "alert": "alerts",
-    "system": "system",
-    "bus": "bus",
-}
-NODES_DIR: Final = "_nodes"
-_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
 #: Bytes read from the end of each file on start to recover the last seq per publisher.
 _TAIL_BYTES: Final = 256 * 1024
 #: Cached line heads (one per publisher and kind); past this the cache starts over.
@@ -75,31 +61,6 @@ def _value_encoder() -> Callable[[Any], str]:
 
 
 _encode_value = _value_encoder()
-
-
-def safe_name(name: str) -> str:
-    """A file-system-safe directory name for a run or node."""
-    cleaned = _UNSAFE.sub("_", name) or "_"
-    return "_" if cleaned in (".", "..") else cleaned
-
-
-def relative_path(message: Message) -> Path:
-    """Where ``message`` goes, relative to the root."""
-    file = FILE_NAMES[message.kind] + ".jsonl"
-    if not message.of_node:
-        return Path(safe_name(message.owner)) / file
-    return Path(NODES_DIR) / safe_name(message.node) / file
-
-
-def rotated_name(path: Path, index: int) -> Path:
-    return path.with_name(f"{path.stem}.{index:06d}{path.suffix}")
-
-
-def _rotation_index(candidate: Path, current: Path) -> int:
-    """The index of ``candidate`` if it is a rotated file of ``current``, else 0."""
-    name, stem = candidate.name, current.stem + "."
-    middle = name[len(stem) : -len(current.suffix)] if name.startswith(stem) and name.endswith(current.suffix) else ""
-    return int(middle) if len(middle) == 6 and middle.isdigit() else 0
 
 
 class _File:
@@ -280,25 +241,15 @@ class JsonlSink:
         last: dict[str, int] = {}
         recent = time.time() - _RECENT_SECONDS
         for path in self.root.glob("**/*.jsonl"):
-            if re.search(r"\.\d{6}\.jsonl$", path.name):
+            if is_rotated(path):
                 continue
             try:
                 if path.stat().st_mtime < recent:
                     continue  # an old run: its publishers are gone, and reading it would slow every start
             except OSError:
                 continue
-            try:
-                with path.open("rb") as f:
-                    f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
-                    tail = f.read()
-            except OSError:
-                continue
-            for raw in tail.split(b"\n")[1:] if len(tail) >= _TAIL_BYTES else tail.split(b"\n"):
-                try:
-                    record = json.loads(raw)
-                    pub, seq = record["pub"], record["seq"]
-                except (ValueError, KeyError, TypeError):
-                    continue
+            for record in tail_records(path, _TAIL_BYTES):
+                pub, seq = record.get("pub"), record.get("seq")
                 if isinstance(pub, str) and isinstance(seq, int) and seq > last.get(pub, -1):
                     last[pub] = seq
         return last
@@ -394,7 +345,7 @@ class JsonlSink:
         target.fd = -1  # a failure below leaves the file closed; the next write reopens it
         # One past the highest index, not the first free one: a deleted old file must not
         # make the next rotation sort before newer ones.
-        index = 1 + max((_rotation_index(p, target.path) for p in target.path.parent.iterdir()), default=0)
+        index = 1 + max((rotation_index(p, target.path) for p in target.path.parent.iterdir()), default=0)
         os.rename(target.path, rotated_name(target.path, index))
         target.open()
         self._open_files[target] = None

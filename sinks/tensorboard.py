@@ -24,7 +24,7 @@ from typing import Any
 
 from bus.message import Message
 from sinks._scalars import check_kinds, numeric
-from sinks.jsonl import NODES_DIR, safe_name
+from sinks.jsonl_files import NODES_DIR, safe_name
 
 #: Tag prefix per kind; metrics and system names already carry their own prefixes.
 _TAG_PREFIX = {"metrics": "", "episode": "episode/", "system": "", "alert": "alert/", "event": "event/"}

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from sinks.jsonl_reader import read_records, run_dir
+from sinks.jsonl_files import read_records, run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

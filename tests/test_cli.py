@@ -16,7 +16,7 @@ from support import REPO, Stack, free_port, wait_until
 from bus.message import Message
 from bus.publisher import Publisher
 from sinks.jsonl import JsonlSink
-from sinks.jsonl_reader import read_records
+from sinks.jsonl_files import read_records
 
 
 def bus_command(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ import yaml
 from support import free_port, jsonl_lines, wait_until
 
 from metricbus.demo import broker_answers
-from sinks.jsonl_reader import list_runs, read_records, run_dir
+from sinks.jsonl_files import list_runs, read_records, run_dir
 
 
 def _config(tmp_path: Path) -> tuple[Path, str]:

@@ -14,7 +14,7 @@ from support import wait_until
 
 from bus.message import Message
 from sinks.jsonl import JsonlSink
-from sinks.jsonl_reader import (
+from sinks.jsonl_files import (
     ReadStats,
     files_of,
     follow,

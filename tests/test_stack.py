@@ -15,7 +15,7 @@ from inproc_bus import raw_frontend_socket
 from support import Stack, wait_until
 
 from bus.publisher import Publisher
-from sinks.jsonl_reader import ReadStats, node_dir, read_file, read_records
+from sinks.jsonl_files import ReadStats, node_dir, read_file, read_records
 
 TOTAL = 10_000
 

@@ -55,7 +55,7 @@ class HistoryLoader:
 
     def request_all(self) -> None:
         """Every run and node the root holds now."""
-        from sinks.jsonl_reader import list_nodes, list_runs
+        from sinks.jsonl_files import list_nodes, list_runs
 
         if self.root is None or not Path(self.root).is_dir():
             return

@@ -25,8 +25,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from bus.message import KINDS, DecodeError, Message
+from bus.message import Message
 from sinks.dashboard.series import Series
+from sinks.jsonl_files import message_of, node_dir, read_records, run_dir
 
 __all__ = ["EPISODE_PREFIX", "NODE", "RUN", "Series", "Source", "SourceData", "Store", "history_records"]
 
@@ -218,7 +219,7 @@ class Store:
         taken = 0
         with self.lock:
             for record in records:
-                message = _message_of(record)
+                message = message_of(record)
                 if message is None or message.kind == "bus":
                     continue
                 source = _source_of(message)
@@ -383,31 +384,8 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _message_of(record: Mapping[str, Any]) -> Message | None:
-    """A JSONL record as a :class:`Message`, or None if it is not one (skipped, not fatal)."""
-    try:
-        kind = record["kind"]
-        if kind not in KINDS:
-            raise DecodeError(kind)
-        step = record.get("step")
-        return Message(
-            kind,
-            record.get("run"),
-            str(record["node"]),
-            str(record["pub"]),
-            int(record["seq"]),
-            float(record["ts"]),
-            int(step) if step is not None else None,
-            dict(record["data"]),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def history_records(root: str, source: Source) -> Iterator[dict[str, Any]]:
     """Every record the JSONL sink wrote for ``source`` under ``root`` (nothing if none)."""
-    from sinks.jsonl_reader import node_dir, read_records, run_dir
-
     scope, name = source
     directory = run_dir(root, name) if scope == RUN else node_dir(root, name)
     if directory.is_dir():

@@ -1,7 +1,17 @@
-"""Reading what the JSONL sink wrote: stream a run's records, or follow a file like ``tail -f``.
+"""The JSONL file contract, in one place: where each message goes, how files are named and
+rotated, and how they are read back (streamed, tail-read, followed like ``tail -F``).
 
-A torn final line (a writer killed mid-line) is skipped; in follow mode it is waited for
-until it is complete. A complete line that is not JSON is skipped and counted.
+Layout under a root: ``<run>/metrics.jsonl``, ``<run>/episodes.jsonl``, ``<run>/events.jsonl``,
+``<run>/alerts.jsonl``, ``<run>/bus.jsonl`` (gaps), and for node-scoped messages
+``_nodes/<node>/system.jsonl`` (and ``alerts``, ``bus``). Rotated files are
+``metrics.000001.jsonl``, ``metrics.000002.jsonl``, … (oldest first); the unnumbered file is
+always the newest. A line is the message payload as JSON.
+
+The JSONL sink (:mod:`sinks.jsonl`) writes by these rules; the CSV and TensorBoard sinks
+mirror the layout, and the dashboard's history, the alert engine's restore, ``metricbus
+report`` and ``metricbus replay`` read through this module. Reading skips a torn final line
+(a writer killed mid-line; in follow mode it is waited for until complete); a complete line
+that is not JSON is skipped and counted.
 """
 
 from __future__ import annotations
@@ -11,15 +21,63 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from sinks.jsonl import FILE_NAMES, NODES_DIR, safe_name
+from bus.message import DecodeError, Message, from_record
 
+FILE_NAMES: Final = {
+    "metrics": "metrics",
+    "episode": "episodes",
+    "event": "events",
+    "alert": "alerts",
+    "system": "system",
+    "bus": "bus",
+}
+NODES_DIR: Final = "_nodes"
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
+#: Bytes read from the end of a file for a quick look at how it ends (:func:`tail_records`).
+TAIL_BYTES: Final = 256 * 1024
 _ROTATED: Final = re.compile(r"^(?P<stem>.+)\.(?P<index>\d{6})\.jsonl$")
 Record = dict[str, Any]
+
+
+# -- layout and names ----------------------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+    """A file-system-safe directory name for a run or node."""
+    cleaned = _UNSAFE.sub("_", name) or "_"
+    return "_" if cleaned in (".", "..") else cleaned
+
+
+def relative_path(message: Message) -> Path:
+    """Where ``message`` goes, relative to the root."""
+    file = FILE_NAMES[message.kind] + ".jsonl"
+    if not message.of_node:
+        return Path(safe_name(message.owner)) / file
+    return Path(NODES_DIR) / safe_name(message.node) / file
+
+
+def rotated_name(path: Path, index: int) -> Path:
+    return path.with_name(f"{path.stem}.{index:06d}{path.suffix}")
+
+
+def rotation_index(candidate: Path, current: Path) -> int:
+    """The index of ``candidate`` if it is a rotated file of ``current``, else 0."""
+    name, stem = candidate.name, current.stem + "."
+    middle = name[len(stem) : -len(current.suffix)] if name.startswith(stem) and name.endswith(current.suffix) else ""
+    return int(middle) if len(middle) == 6 and middle.isdigit() else 0
+
+
+def is_rotated(path: Path) -> bool:
+    """True for a rotated file (``metrics.000001.jsonl``), False for a current one."""
+    return _ROTATED.match(path.name) is not None
+
+
+# -- reading -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -97,6 +155,13 @@ def node_dir(root: str | os.PathLike[str], node: str) -> Path:
     return Path(root) / NODES_DIR / safe_name(node)
 
 
+def current_files(root: str | os.PathLike[str], kind: str) -> list[Path]:
+    """The current (unrotated) file of ``kind`` in every run and node directory under ``root``."""
+    name = f"{kind_file(kind)}.jsonl"
+    root = Path(root)
+    return sorted(root.glob(f"*/{name}")) + sorted(root.glob(f"{NODES_DIR}/*/{name}"))
+
+
 def list_runs(root: str | os.PathLike[str]) -> list[str]:
     """Run directories under ``root`` (those holding at least one ``.jsonl`` file)."""
     root = Path(root)
@@ -108,6 +173,36 @@ def list_runs(root: str | os.PathLike[str]) -> list[str]:
 def list_nodes(root: str | os.PathLike[str]) -> list[str]:
     nodes = Path(root) / NODES_DIR
     return sorted(p.name for p in nodes.iterdir() if p.is_dir()) if nodes.is_dir() else []
+
+
+def tail_records(path: str | os.PathLike[str], max_bytes: int = TAIL_BYTES) -> list[Record]:
+    """The whole records among the last ``max_bytes`` of a file (none if it cannot be read).
+
+    For a quick look at where a file ended (last seq per publisher, last alert per series)
+    without reading a large file whole; the first line of the window is cut, so it is dropped.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            tail = f.read()
+    except OSError:
+        return []
+    lines = tail.split(b"\n")
+    if len(tail) >= max_bytes:
+        lines = lines[1:]
+    stats = ReadStats()
+    return [r for r in (_parse(raw, stats) for raw in lines if raw.strip()) if r is not None]
+
+
+def message_of(record: Mapping[str, Any]) -> Message | None:
+    """A record as a :class:`~bus.message.Message`, checked as strictly as the wire; None if it is not one."""
+    try:
+        return from_record(record)
+    except DecodeError:
+        return None
+
+
+# -- following -------------------------------------------------------------------------------------
 
 
 def follow(
