@@ -16,10 +16,10 @@ eviction. Instead the engine builds each alert payload itself (run, node, its ow
 id and ``seq`` counter) and hands it to one publisher's ``forward()``: one socket, one
 contiguous ``seq`` stream, so sinks still detect lost alerts, for any number of runs.
 
-Absence rules are evaluated on the runner's flush tick (every ``flush_interval``), so a
-run that sends nothing at all still fires. ``bus/`` in ``topics`` lets the engine see
-the broker's ``broker_stats``: while they stop (the broker is down) absence rules are
-held, and when a new broker appears every silence timer restarts with its grace period.
+Absence rules are judged by :class:`~alerts.absence.AbsenceTracker` on the runner's flush
+tick (every ``flush_interval``), so a run that sends nothing at all still fires; its
+verdicts come back through the same series and notification path as every other rule's.
+``bus/`` in ``topics`` lets the tracker see the broker's ``broker_stats``.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from alerts.absence import AbsenceTracker, split_rules
 from alerts.loading import load_rules
 from alerts.notifiers import NotifierWorker, build_notifiers, check_notify
 from alerts.rules import AbsenceRule, Rule
-from alerts.state import FIRING, RESOLVED, Series, SeriesKey, recent_sources, restore_alerts
+from alerts.state import FIRING, RESOLVED, Series, SeriesKey, restore_alerts
 from bus.message import Message, payload
 from bus.options import Where
 
@@ -45,22 +46,9 @@ log = logging.getLogger("metricbus.alerts")
 
 #: Alerts kept in memory for inspection (``engine.recent``); the bus and JSONL hold the rest.
 RECENT: Final = 1000
-#: Absence rules are looked at no more often than this (the runner may flush more often).
-_ABSENCE_TICK: Final = 0.25
 #: (kind, run, node) plans cached before the cache is rebuilt.
 _MAX_PLANS: Final = 100_000
-#: Ended runs remembered (so their publisher's closing heartbeat does not revive them).
-_ENDED_RUNS: Final = 10_000
 _SELECTABLE: Final = frozenset(("metrics", "episode", "system", "event"))
-
-
-@dataclass(slots=True)
-class _Seen:
-    """When a run, node or publisher was last heard from (monotonic), and who it is."""
-
-    last: float
-    run: str | None
-    node: str
 
 
 @dataclass(slots=True)
@@ -98,19 +86,12 @@ class AlertEngine:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.alerts_sent = 0
         self.rule_errors = 0
-        self._value_rules = tuple(r for r in self.rules if not isinstance(r, AbsenceRule))
-        self._absence_rules = tuple(r for r in self.rules if isinstance(r, AbsenceRule))
+        self._value_rules, absence_rules = split_rules(self.rules)
         self._by_name = {r.name: r for r in self.rules}
         self._plans: dict[tuple[str, str | None, str], _Plan] = {}
         self._series: dict[SeriesKey, Series] = {}
-        self._seen: dict[str, dict[str, _Seen]] = {r.name: {} for r in self._absence_rules}
-        self._firing_absent: set[tuple[str, str]] = set()
-        self._ended_runs: dict[str, str] = {}  # run -> its run_ended status, oldest first
-        self._epoch = time.monotonic()  # start, or the last bus restart: absence grace counts from here
-        self._next_absence_check = 0.0
-        self._broker_pubs: dict[str, str] = {}
-        self._last_broker_stats: float | None = None
-        self._bus_timeout = 3 * float(getattr(getattr(config, "broker", None), "stats_interval", 5.0)) + 5.0
+        bus_timeout = 3 * float(getattr(getattr(config, "broker", None), "stats_interval", 5.0)) + 5.0
+        self.absence = AbsenceTracker(absence_rules, self._absence_verdict, bus_timeout)
         self._warned: set[str] = set()
         node = getattr(context, "node", None) or os.uname().nodename
         self._node = node
@@ -137,7 +118,7 @@ class AlertEngine:
             self._close_workers(0.0)
             raise
         log.info(
-            "alerts: %d rules (%d absence), %d notifiers", len(self.rules), len(self._absence_rules), len(self._workers)
+            "alerts: %d rules (%d absence), %d notifiers", len(self.rules), len(self.absence.rules), len(self._workers)
         )
 
     # -- load-time validation (called by bus.config for `metricbus check` and load_config) --
@@ -160,13 +141,13 @@ class AlertEngine:
                 continue
             kind = message.kind
             if kind == "bus":
-                self._bus_note(message, now)
+                self.absence.bus_note(message, now)
                 continue
             plan = plans.get((kind, message.run, message.node))
             if plan is None:
                 plan = self._plan(kind, message.run, message.node)
             if plan.absence:
-                self._saw(plan.absence, message, now)
+                self.absence.saw(plan.absence, message, now)
             if kind == "event" and message.data.get("event") == "run_ended":
                 self._run_ended(message)
             if not plan.rules:
@@ -178,11 +159,11 @@ class AlertEngine:
                     targets = by_metric[name] = self._targets(plan, message, name)
                 if targets:
                     self._evaluate(targets, message, name, value)
-        self._check_absence()
+        self.absence.check()
 
     def flush(self) -> None:
         # The runner calls this on its timer even when no message comes: absence needs that.
-        self._check_absence()
+        self.absence.check()
 
     def close(self) -> None:
         self._close_workers(5.0)
@@ -199,7 +180,7 @@ class AlertEngine:
             plan = _Plan((), (), {})
         else:
             rules = tuple(r for r in self._value_rules if r.spec.selector.matches_source(kind, run, node))
-            absence = tuple(r for r in self._absence_rules if r.spec.selector.matches_source(kind, run, node))
+            absence = tuple(r for r in self.absence.rules if r.spec.selector.matches_source(kind, run, node))
             plan = _Plan(rules, absence, {})
         self._plans[(kind, run, node)] = plan
         return plan
@@ -254,106 +235,35 @@ class AlertEngine:
             self._warned.add(key)
             log.warning("%s", text)
 
-    # -- absence -------------------------------------------------------------------------------
-
-    def _saw(self, rules: tuple[AbsenceRule, ...], message: Message, now: float) -> None:
-        run = message.run
-        if run is not None and run in self._ended_runs:
-            ended = self._ended_runs[run]
-            if message.kind == "event" and message.data.get("event") == "heartbeat":
-                # Publisher.close() sends a last heartbeat after run_ended: that is no sign of life
-                rules = tuple(r for r in rules if ended not in r.ended_ok)
-            else:
-                del self._ended_runs[run]  # the run id is in use again
-        firing = self._firing_absent
-        for rule in rules:
-            scope = rule.scope
-            source = run if scope == "run" else message.node if scope == "node" else message.pub
-            if source is None:
-                continue
-            tracked = self._seen[rule.name]
-            seen = tracked.get(source)
-            if seen is None:
-                tracked[source] = _Seen(now, run, message.node)
-            else:
-                seen.last = now
-            if firing and (rule.name, source) in firing:
-                self._absence_verdict(rule, source, False, 0.0, time.time(), run, message.node)
+    # -- absence (the tracker finds silences; they become alerts here, like any rule's) --------------
 
     def _run_ended(self, message: Message) -> None:
         run = message.run
-        status = message.data.get("status")
-        if run is not None:
-            self._ended_runs[run] = str(status)
-            if len(self._ended_runs) > _ENDED_RUNS:
-                del self._ended_runs[next(iter(self._ended_runs))]
-        ended: list[SeriesKey] = []
-        for rule in self._absence_rules:
-            if status not in rule.ended_ok:
-                continue  # e.g. a failed run: its silence from now on is still worth an alert
-            tracked = self._seen[rule.name]
-            for source in [s for s, seen in tracked.items() if seen.run == run]:
-                del tracked[source]
-                ended.append((rule.name, source, None))
+        ended: list[SeriesKey] = [
+            (name, source, None) for name, source in self.absence.run_ended(run, message.data.get("status"))
+        ]
         # A finished run's alerts can never clear by themselves: resolve them, forget its series.
-        ended += [k for k, s in self._series.items() if s.run == run and not isinstance(s.rule, AbsenceRule)]
+        ended += [k for k, s in self._series.items() if s.run == run and not self.absence.owns(s.rule)]
         if ended:
             self._plans.clear()  # plans hold the series being forgotten
         for key in ended:
             series = self._series.pop(key, None)
-            self._firing_absent.discard((key[0], key[1]))
             if series is not None and series.phase == FIRING:
                 series.phase = "inactive"
                 self._emit(series, RESOLVED, note="run ended")
 
-    def _check_absence(self) -> None:
-        if not self._absence_rules:
-            return
-        now = time.monotonic()
-        if now < self._next_absence_check:
-            return
-        self._next_absence_check = now + _ABSENCE_TICK
-        if self._last_broker_stats is not None and now - self._last_broker_stats > self._bus_timeout:
-            self._warn_once("bus-down", "alerts: no broker_stats for a while; absence rules held until the bus is back")
-            return
-        wall = time.time()
-        for rule in self._absence_rules:
-            if now < self._epoch + rule.grace:
-                continue
-            for source, seen in list(self._seen[rule.name].items()):
-                silent = now - seen.last
-                if silent >= rule.after or (rule.name, source) in self._firing_absent:
-                    self._absence_verdict(rule, source, silent >= rule.after, silent, wall, seen.run, seen.node)
-
     def _absence_verdict(
         self, rule: AbsenceRule, source: str, active: bool, silent: float, ts: float, run: str | None, node: str
-    ) -> None:
+    ) -> str | None:
         key = (rule.name, source, None)
         series = self._series.get(key) or self._new_series(key, rule, run, node)
         if series is None:
-            return
+            return None
         series.value, series.threshold = round(silent, 3), rule.after
         change = series.advance(active, ts)
-        if series.phase == FIRING:
-            self._firing_absent.add((rule.name, source))
-        else:
-            self._firing_absent.discard((rule.name, source))
         if change is not None:
             self._emit(series, change)
-
-    def _bus_note(self, message: Message, now: float) -> None:
-        if message.data.get("event") != "broker_stats":
-            return
-        self._last_broker_stats = now
-        previous = self._broker_pubs.get(message.node)
-        self._broker_pubs[message.node] = message.pub
-        if previous is not None and previous != message.pub:
-            # A new broker: everyone had to reconnect, so silence counts from now, after a grace.
-            log.info("alerts: the broker on %s restarted; absence timers restart with their grace", message.node)
-            self._epoch = now
-            for tracked in self._seen.values():
-                for seen in tracked.values():
-                    seen.last = max(seen.last, now)
+        return series.phase
 
     # -- output --------------------------------------------------------------------------------
 
@@ -423,29 +333,11 @@ class AlertEngine:
             series.since = float(data.get("since") or record.get("ts") or 0.0)
             series.notified = float(record.get("ts") or 0.0)
             series.value, series.threshold, series.step = data.get("value"), data.get("threshold"), record.get("step")
-            if isinstance(rule, AbsenceRule):
-                self._firing_absent.add((rule_name, source))
+            self.absence.restored_firing(rule, source)
             restored += 1
-        if self._absence_rules:
-            self._seed_sources(root, resume_window)
+        self.absence.seed(root, resume_window)
         if restored:
             log.info("alerts: %d firing alerts restored from %s (not notified again)", restored, root)
-
-    def _seed_sources(self, root: Path, resume_window: float) -> None:
-        runs, nodes = recent_sources(root, resume_window)
-        now, wall = time.monotonic(), time.time()
-        for rule in self._absence_rules:
-            found = runs if rule.scope == "run" else nodes if rule.scope == "node" else []
-            for src in found:
-                if src.ended in rule.ended_ok:
-                    continue
-                run = src.name if rule.scope == "run" else None
-                if rule.spec.selector.run is not None and (run is None or not rule.spec.selector.run.fullmatch(run)):
-                    continue
-                if rule.spec.selector.node is not None and not rule.spec.selector.node.fullmatch(src.node):
-                    continue
-                # The last write's age is real silence: a run that died while we were down still fires.
-                self._seen[rule.name][src.name] = _Seen(now - max(0.0, wall - src.last_ts), run, src.node)
 
 
 def _render(template: str, fields: Mapping[str, Any], rule: Rule) -> str:
