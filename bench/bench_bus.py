@@ -271,11 +271,22 @@ def stack() -> Iterator[Stack]:
     (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
     log = (workdir / "up.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metricbus", "up", str(workdir / "bench.yaml")], cwd=REPO, stdout=log, stderr=log
+        [
+            sys.executable,
+            "-m",
+            "metricbus",
+            "up",
+            str(workdir / "bench.yaml"),
+            "--ready-file",
+            str(workdir / "up.ready"),
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 60
-        while b"ready" not in (workdir / "up.log").read_bytes():
+        while not (workdir / "up.ready").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((workdir / "up.log").read_text())
             time.sleep(0.05)

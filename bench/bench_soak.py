@@ -189,11 +189,14 @@ def soak(args: argparse.Namespace) -> int:
         print(f"soak: {note}")
     out = (work / "up.out").open("wb")
     up_proc = subprocess.Popen(
-        [sys.executable, "-m", "metricbus", "up", str(path)], cwd=work, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "metricbus", "up", str(path), "--ready-file", str(work / "up.ready")],
+        cwd=work,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 120
-        while b"ready (pid" not in (work / "up.out").read_bytes():
+        while not (work / "up.ready").exists():
             if up_proc.poll() is not None or time.monotonic() > deadline:
                 print((work / "up.out").read_text(), file=sys.stderr)
                 return 1

@@ -51,7 +51,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from metricbus.supervisor import Supervisor
 
     config, path = _load(args.config or args.config_option)
-    return Supervisor(config, path).run()
+    ready_file = Path(args.ready_file).resolve() if args.ready_file else None
+    return Supervisor(config, path, ready_file).run()
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("up", cmd_up, "start the broker, every sink and the sampler from one config")
     p.add_argument("config", nargs="?", help="YAML config (default: the embedded configs/default.yaml)")
     p.add_argument("--config", "-c", dest="config_option", help=argparse.SUPPRESS)
+    p.add_argument("--ready-file", help="write this file (holding the pid) once everything is up; removed on stop")
 
     p = command("broker", cmd_broker, "run the broker (XSUB/XPUB proxy) alone")
     config_option(p)

@@ -17,10 +17,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO
 
 import zmq
 
@@ -67,37 +67,28 @@ def broker_answers(endpoint: str, curve: CurveKeys | None = None, timeout: float
 
 
 class StackProcess:
-    """``metricbus up CONFIG`` as a child process; its lines are echoed as they come."""
+    """``metricbus up CONFIG`` as a child process; it says it is up with its ``--ready-file``."""
 
     def __init__(self, config_path: Path) -> None:
+        self._state = Path(tempfile.mkdtemp(prefix="metricbus-demo-"))
+        self.ready_file = self._state / "up.ready"
         # own session: a terminal's Ctrl-C reaches only the demo, which stops the runs
         # first (they report "interrupted" through the stack) and the stack after them
         # METRICBUS_PARENT_PID: should the demo be killed outright, the stack stops by itself
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metricbus", "up", str(config_path)],
-            stdout=subprocess.PIPE,
+            [sys.executable, "-m", "metricbus", "up", str(config_path), "--ready-file", str(self.ready_file)],
             start_new_session=True,
             env={**os.environ, PARENT_ENV: str(os.getpid())},
         )
-        self.ready = threading.Event()
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._echo, args=(self.proc.stdout,), daemon=True, name="stack-echo").start()
-
-    def _echo(self, stream: IO[bytes]) -> None:
-        for raw in stream:
-            line = raw.decode(errors="replace")
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            if line.startswith("metricbus: ready"):
-                self.ready.set()
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.ready.wait(0.1):
+            if self.ready_file.exists():
                 return True
             if self.proc.poll() is not None:
                 return False
+            time.sleep(0.1)  # written by another process: nothing to wait on but the file
         return False
 
     def stop(self) -> int:
@@ -109,6 +100,8 @@ class StackProcess:
                 say(f"the stack did not stop in {_STACK_STOP_TIMEOUT:.0f} s; killing it")
                 self.proc.kill()
                 self.proc.wait()
+        self.ready_file.unlink(missing_ok=True)
+        self._state.rmdir()
         return self.proc.returncode
 
 

@@ -5,6 +5,10 @@ supervisor, which then stops them in order: the sampler (a publisher), the broke
 forwards until its frontend is quiet), then the sinks (they drain, flush and close). A
 child that dies is restarted with exponential back-off; a child that cannot even start
 fails ``up`` at once, with its name.
+
+Readiness is a file, never printed text: each child writes its ``--ready-file`` when it is
+up, and ``up --ready-file PATH`` writes PATH (holding its pid) once every child is, and
+removes it when it stops. The lines ``up`` prints are for people.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus.config import Config, SinkConfig
-from bus.process import PARENT_ENV, stop_with_parent
+from bus.process import PARENT_ENV, mark_ready, stop_with_parent
 
 _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
@@ -65,9 +69,10 @@ class Child:
 class Supervisor:
     """Starts, watches and stops the children that ``config`` describes."""
 
-    def __init__(self, config: Config, config_path: Path) -> None:
+    def __init__(self, config: Config, config_path: Path, ready_file: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.ready_file = ready_file
         self._stop = threading.Event()
         self._state = Path(tempfile.mkdtemp(prefix="metricbus-up-"))
         base = [sys.executable, "-m", "metricbus"]
@@ -91,10 +96,14 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.request_stop)
         # started by `metricbus demo` (which sets METRICBUS_PARENT_PID): go when it goes
         stop_with_parent(self._stop)
+        if self.ready_file is not None:
+            self.ready_file.unlink(missing_ok=True)
         try:
             if not self._start_all():
                 return 1
             self._announce()
+            if self.ready_file is not None:
+                mark_ready(str(self.ready_file))
             while not self._stop.wait(0.2):
                 self._watch()
             say("stopping (sinks flush before exit)")
@@ -185,6 +194,8 @@ class Supervisor:
         for f in self._state.iterdir():
             f.unlink(missing_ok=True)
         self._state.rmdir()
+        if self.ready_file is not None:
+            self.ready_file.unlink(missing_ok=True)
         say("stopped")
 
 

@@ -84,20 +84,21 @@ class Stack:
         self.config_path.write_text(yaml.safe_dump(config))
         self.stdout_path = workdir / "up.out"
         self.stderr_path = workdir / "up.err"
+        self.ready_file = workdir / "up.ready"
         self.env = {**os.environ, "METRICBUS_ENDPOINT": self.frontend, "METRICBUS_BACKEND": self.backend, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> Stack:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "metricbus", "up", str(self.config_path)],
+                [sys.executable, "-m", "metricbus", "up", str(self.config_path), "--ready-file", str(self.ready_file)],
                 cwd=self.workdir,
                 stdout=out,
                 stderr=err,
                 env=self.env,
             )
         wait_until(
-            lambda: "ready" in self.stdout() or self.proc.poll() is not None, timeout, "metricbus up to be ready"
+            lambda: self.ready_file.exists() or self.proc.poll() is not None, timeout, "metricbus up to be ready"
         )
         if self.proc.poll() is not None:
             raise AssertionError(f"metricbus up exited {self.proc.returncode}:\n{self.stdout()}\n{self.stderr()}")

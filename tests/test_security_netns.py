@@ -161,10 +161,13 @@ def test_curve_across_two_hosts_lets_only_authorised_keys_in(hosts: Hosts, tmp_p
     procs: list[subprocess.Popen[bytes]] = []
     try:
         up = hosts.popen(
-            hosts.head, [sys.executable, "-m", "metricbus", "up", str(head_config)], base_env, tmp_path / "up.log"
+            hosts.head,
+            [sys.executable, "-m", "metricbus", "up", str(head_config), "--ready-file", str(tmp_path / "up.ready")],
+            base_env,
+            tmp_path / "up.log",
         )
         procs.append(up)
-        wait_until(lambda: "ready" in (tmp_path / "up.log").read_text() or up.poll() is not None, 60, "head up")
+        wait_until(lambda: (tmp_path / "up.ready").exists() or up.poll() is not None, 60, "head up")
         assert up.poll() is None, (tmp_path / "up.log").read_text()
         ready = tmp_path / "sink.ready"
         argv = [
