@@ -8,11 +8,11 @@ import time
 import msgpack
 import pytest
 import zmq
-from inproc_bus import broker_config, inproc_bus, running_broker, running_sink
 from support import free_port, wait_until
 
 from bus.message import EncodeError, Message
 from bus.publisher import Publisher
+from bus.testing import broker_config, inproc_bus, running_broker, running_sink
 
 
 def test_first_messages_are_delivered_in_order_with_contiguous_seq() -> None:

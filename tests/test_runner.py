@@ -9,12 +9,12 @@ from typing import Any
 
 import msgpack
 import pytest
-from inproc_bus import ListSink, broker_config, inproc_bus, raw_frontend_socket, running_broker, running_sink
 from support import wait_until
 
 from bus.message import Message, pack
 from bus.publisher import Publisher
 from bus.subscriber import SeqTracker, SinkRunner, covers_every_kind
+from bus.testing import ListSink, broker_config, inproc_bus, raw_frontend_socket, running_broker, running_sink
 
 
 def wire(seq: int, pub: str = "p:1:x", run: str = "r", kind: str = "metrics", **data: Any) -> list[bytes]:

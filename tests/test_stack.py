@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from inproc_bus import raw_frontend_socket
 from support import Stack, wait_until
 
 from bus.publisher import Publisher
+from bus.testing import raw_frontend_socket
 from sinks.jsonl_files import ReadStats, node_dir, read_file, read_records
 
 TOTAL = 10_000

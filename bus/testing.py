@@ -1,21 +1,71 @@
-"""An in-process bus for unit tests: a real :class:`Broker` on random loopback ports and a
-real :class:`SinkRunner` in a thread feeding a :class:`ListSink`. Real sockets, no subprocess,
-so publisher and runner tests start in milliseconds."""
+"""Test helpers for sink and rule authors (and metricbus's own tests), like ``structlog.testing``.
+
+:func:`inproc_bus` is a real :class:`~bus.broker.Broker` on random loopback ports and a real
+:class:`~bus.subscriber.SinkRunner` in a thread, feeding your sink (or a :class:`ListSink`).
+Real sockets, no subprocess and no mock, so a test starts in milliseconds::
+
+    from bus import Publisher
+    from bus.testing import inproc_bus, wait_until
+
+    def test_my_sink_sees_losses():
+        sink = MySink()
+        with inproc_bus(topics=["metrics/"], sink=sink) as (config, running):
+            with Publisher(config.frontend, run="r1", curve={}) as publisher:
+                publisher.metrics({"train/loss": 0.5}, step=1)
+            wait_until(lambda: sink.seen, 10, "the loss to arrive")
+
+:func:`wait_until` waits on a condition with a deadline, never a bare sleep.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
-from support import free_port, wait_until
 
 from bus.broker import Broker
 from bus.config import BrokerConfig
 from bus.message import Message
-from bus.subscriber import SinkRunner
+from bus.subscriber import Sink, SinkRunner
+
+__all__ = [
+    "ListSink",
+    "RunningSink",
+    "broker_config",
+    "free_port",
+    "inproc_bus",
+    "raw_frontend_socket",
+    "running_broker",
+    "running_sink",
+    "wait_until",
+]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 class ListSink:
@@ -62,7 +112,7 @@ def running_broker(config: BrokerConfig) -> Iterator[Broker]:
 @dataclass
 class RunningSink:
     runner: SinkRunner
-    sink: ListSink
+    sink: Any  # the sink given, or a ListSink
     thread: threading.Thread
     stats: list[object] = field(default_factory=list)
 
@@ -74,10 +124,10 @@ class RunningSink:
 
 @contextmanager
 def running_sink(
-    config: BrokerConfig, topics: Sequence[str] = ("",), sink: ListSink | None = None, **runner_options: object
+    config: BrokerConfig, topics: Sequence[str] = ("",), sink: Sink | None = None, **runner_options: object
 ) -> Iterator[RunningSink]:
     """A SinkRunner (catch off, so a bug fails loudly) whose subscription is live when this yields."""
-    sink = sink or ListSink()
+    sink = sink if sink is not None else ListSink()
     runner = SinkRunner(
         sink,
         name="test",
@@ -101,11 +151,18 @@ def running_sink(
 
 @contextmanager
 def inproc_bus(
-    topics: Sequence[str] = ("",), max_message_bytes: int | None = None, **runner_options: object
+    topics: Sequence[str] = ("",),
+    max_message_bytes: int | None = None,
+    sink: Sink | None = None,
+    **runner_options: object,
 ) -> Iterator[tuple[BrokerConfig, RunningSink]]:
+    """A broker and ``sink`` (default: a new :class:`ListSink`) behind a live subscription to ``topics``.
+
+    Yields the broker's config (publish to ``config.frontend``) and the running sink.
+    """
     config = broker_config(max_message_bytes)
-    with running_broker(config), running_sink(config, topics, **runner_options) as sink:
-        yield config, sink
+    with running_broker(config), running_sink(config, topics, sink, **runner_options) as running:
+        yield config, running
 
 
 @contextmanager
