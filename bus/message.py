@@ -90,21 +90,27 @@ def payload(
     }
 
 
+#: Kinds that belong to their node even when they name a run; bus notes are also routed by node.
+_NODE_KINDS: Final = frozenset({"system"})
+_NODE_TOPIC_KINDS: Final = _NODE_KINDS | {"bus"}
+
+
 def of_node(kind: str, run: str | None) -> bool:
     """The one rule for which run or node a message belongs to: system messages describe a
     node; every other kind belongs to its run when it has one, else to its node."""
-    return kind == "system" or run is None
+    return kind in _NODE_KINDS or run is None
 
 
 def owner(kind: str, run: str | None, node: str) -> str:
     """The run or node a message belongs to (:func:`of_node`)."""
-    return node if of_node(kind, run) or run is None else run
+    return node if kind in _NODE_KINDS or run is None else run
 
 
 def topic_source(kind: str, run: str | None, node: str) -> str:
     """The topic's second part: the owner (:func:`of_node`), except that ``bus`` messages (the
     broker's counters, a sink's gap notes about a run) are routed by the node that sent them."""
-    return node if kind == "bus" else owner(kind, run, node)
+    # one expression, not owner(): every decode calls this
+    return node if kind in _NODE_TOPIC_KINDS or run is None else run
 
 
 def check_run_id(run: str) -> str:
@@ -280,7 +286,7 @@ def _from_map(obj: dict[str, Any], topic: bytes) -> Message:
             raise _fail(topic, f"'data' key {key!r} is not a string")
         if type(item) not in _SCALARS:
             _check_data(item, topic, 2)
-    source = topic_source(kind, run, node)
+    source = node if kind in _NODE_TOPIC_KINDS or run is None else run  # topic_source(), inlined: the hot path
     if topic != f"{kind}/{source}".encode():
         try:
             topic.decode()
