@@ -1,4 +1,4 @@
-"""metricbus's core: wire format, publisher, broker, subscriber loop, config, supervisor, CLI."""
+"""metricbus's foundation: wire format, publisher, broker, sink runner, config, options, CURVE keys, registry."""
 
 from bus.config import Config, ConfigError, load_config
 from bus.message import DecodeError, EncodeError, Message, decode, encode

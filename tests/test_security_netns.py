@@ -173,7 +173,7 @@ def test_curve_across_two_hosts_lets_only_authorised_keys_in(hosts: Hosts, tmp_p
         argv = [
             sys.executable,
             "-m",
-            "bus",
+            "metricbus",
             "sink",
             "jsonl",
             "--config",
