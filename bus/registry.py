@@ -28,6 +28,7 @@ BUILTINS: Final[dict[str, str]] = {
     "prometheus": "sinks.prometheus:PrometheusSink",
     "csv": "sinks.csvfile:CsvSink",
     "console": "sinks.console:ConsoleSink",
+    "websocket": "sinks.websocket.sink:WebSocketSink",
 }
 
 #: A constructor parameter with this name receives the runner's :class:`bus.subscriber.SinkContext`
