@@ -71,7 +71,9 @@ def required_token(host: str, token_env: str | None) -> str | None:
     if token_env is not None:
         token = os.environ.get(token_env) or None
         if token is None:
-            raise ValueError(f"websocket: token_env names {token_env!r}, but that environment variable is unset or empty")
+            raise ValueError(
+                f"websocket: token_env names {token_env!r}, but that environment variable is unset or empty"
+            )
     if token is None and not is_local(f"tcp://{host}:0"):
         raise ValueError(
             f"websocket: host {host!r} is not a loopback address: set token_env to the name of an environment "

@@ -255,6 +255,7 @@ class StreamServer:
                         if len(queue) >= limit:
                             queue.popleft()
                             client.dropped += 1
+                            self.dropped += 1
                         queue.append(text)
                         touched.add(client)
         lost = self.inbox_dropped - self._inbox_dropped_seen
@@ -263,6 +264,7 @@ class StreamServer:
             for _, clients in groups:
                 for client in clients:
                     client.dropped += lost
+                    self.dropped += lost
                     touched.add(client)
         for client in touched:
             client.ready.set()
@@ -282,7 +284,6 @@ class StreamServer:
                 if client.dropped:
                     count, client.dropped = client.dropped, 0
                     client.dropped_total += count
-                    self.dropped += count
                     await connection.send(dropped_frame(count, client.dropped_total))
                 queue = client.queue
                 if queue:

@@ -113,9 +113,7 @@ def _nested_repeat(pattern: str) -> bool:
                     return True
                 if walk(sub, repeated or many):
                     return True
-            elif op is c.BRANCH and repeated:
-                return True
-            elif any(walk(child, repeated) for child in children(arg)):
+            elif (op is c.BRANCH and repeated) or any(walk(child, repeated) for child in children(arg)):
                 return True
         return False
 
