@@ -27,7 +27,7 @@ from bus.message import Message
 from bus.publisher import Publisher
 
 pytest.importorskip("websockets", reason="the websocket sink needs the websocket extra")
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from sinks.websocket import WebSocketSink
@@ -378,7 +378,7 @@ def test_through_a_real_stack_and_a_client_reconnects_after_the_sink_restarts(
         def reconnected() -> Client | None:
             try:
                 return Client(url)
-            except (OSError, InvalidStatus):
+            except (OSError, InvalidHandshake):  # not listening yet, or closing as it starts
                 return None
 
         again = wait_until(reconnected, 30, "the restarted sink to accept", interval=0.2)

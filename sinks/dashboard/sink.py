@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from bus.message import Message
+from sinks.dashboard.push import install as install_push
+from sinks.dashboard.push import push_url
 from sinks.dashboard.store import NODE, RUN, Source, Store, history_records
 
 log = logging.getLogger("metricbus.dashboard")
@@ -122,7 +124,8 @@ class DashboardSink:
 
     ``max_points`` bounds each series, ``max_runs``/``max_nodes`` the sources kept and
     ``max_series`` the metrics per source, so memory stays under
-    ``(max_runs + max_nodes) × max_series × max_points × 24`` bytes of series.
+    ``(max_runs + max_nodes) × max_series × max_points × 24`` bytes of series. ``push``: the
+    ``websocket`` sink whose news makes the page poll at once (``auto``: the config's own).
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class DashboardSink:
         webgl_points: int = 10_000,
         smoothing: float = 0.6,
         silent_after: float = 60.0,
+        push: str | None = "auto",
         context: Any = None,
     ) -> None:
         from werkzeug.serving import make_server
@@ -173,6 +177,9 @@ class DashboardSink:
             connected_window=max(5.0, 3.0 * stats_interval),
             loading=lambda: self.loader.pending,
         )
+        stream = push_url(push, context)  # new points pushed by the websocket sink (sinks/dashboard/push.py)
+        if stream is not None:
+            install_push(self.app, stream)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per poll is noise
         try:
             self._server = make_server(host, port, self.app.server, threaded=True)
@@ -183,7 +190,10 @@ class DashboardSink:
         self._thread = threading.Thread(target=self._server.serve_forever, name="dashboard-http", daemon=True)
         self._thread.start()
         self.loader.request_all()
-        log.info("dashboard: serving %s (history from %s)", self.url, history_root)
+        log.info(
+            "dashboard: serving %s (history from %s; %s)",
+            self.url, history_root, f"pushed from {stream}" if stream else "polling",
+        )  # fmt: skip
 
     def handle(self, batch: Sequence[Message]) -> None:
         for source in self.store.add_live(batch):
