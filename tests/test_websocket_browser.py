@@ -159,7 +159,7 @@ def test_a_page_from_another_origin_is_refused(page: Any) -> None:
 
 
 CHART_HAS = (
-    "([id, step]) => { const g = document.querySelector(`[data-chart=\"${id}\"] .js-plotly-plot`);"
+    '([id, step]) => { const g = document.querySelector(`[data-chart="${id}"] .js-plotly-plot`);'
     " return !!(g && g.data && g.data[0] && Array.from(g.data[0].x).includes(step)); }"
 )
 
