@@ -199,7 +199,8 @@ def part_server(points: int, polls: int) -> dict[str, Any]:
     }
 
 
-def part_latency(count: int) -> dict[str, Any]:
+def part_latency(count: int, websocket: bool = False) -> dict[str, Any]:
+    """Publish → drawn for ``count`` points; ``websocket``: a websocket sink beside, pushing to the page."""
     import zmq
     from playwright.sync_api import sync_playwright
     from support import Stack, free_port
@@ -208,7 +209,11 @@ def part_latency(count: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
         port = free_port()
-        sinks = {"dashboard": {"type": "dashboard", "port": port, "history_root": None, "poll_interval": 1.0}}
+        sinks: dict[str, Any] = {
+            "dashboard": {"type": "dashboard", "port": port, "history_root": None, "poll_interval": 1.0}
+        }
+        if websocket:  # the dashboard's push: auto finds it in the config
+            sinks["ws"] = {"type": "websocket", "port": free_port()}
         stack = Stack(Path(tmp), sinks=sinks).start()
         context = zmq.Context()
         sub = context.socket(zmq.SUB)
@@ -223,6 +228,8 @@ def part_latency(count: int) -> dict[str, Any]:
                 page = browser.new_page()
                 page.set_default_timeout(30_000)
                 page.goto(f"http://127.0.0.1:{port}")
+                if websocket:
+                    page.wait_for_function("() => document.body.dataset.push === 'live'")
                 # the first point creates the chart; the measured ones extend it
                 pub.metrics({"lat/x": 0.0}, step=0)
                 sub.recv_multipart()

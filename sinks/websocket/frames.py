@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from bus.message import Message
@@ -22,9 +22,27 @@ PROTOCOL: Final = 1
 
 _NON_FINITE: Final = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
-# allow_nan=False makes the fast C encoder raise on a non-finite float instead of writing a
-# bare token; payloads are almost always finite, so the slow path below is the exception.
-_strict = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+def _strict_encoder() -> Callable[[Any], str]:
+    """Compact JSON that raises on NaN/±Inf (``allow_nan=False``) instead of writing bare tokens.
+
+    Payloads are almost always finite, so the slow path in :func:`dumps` is the exception. The C
+    encoder is made once and called directly (``JSONEncoder.encode`` makes one per call, which
+    costs as much as encoding a small map), as ``sinks/jsonl.py`` does.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    iterencode = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+
+    def encode(value: Any) -> str:
+        return "".join(iterencode(value, 0))
+
+    return encode
+
+
+_strict = _strict_encoder()
 
 
 def _finite(value: Any) -> Any:
@@ -45,14 +63,18 @@ def dumps(value: Any) -> str:
         return _strict(_finite(value))
 
 
-def message_json(message: Message) -> str:
-    """One bus message as JSON: the payload map, as the JSONL sink writes it."""
-    return dumps(message.to_dict())
+def message_json(message: Message) -> bytes:
+    """One bus message as UTF-8 JSON: the payload map, as the JSONL sink writes it."""
+    return dumps(message.to_dict()).encode()
 
 
-def messages_frame(texts: Iterable[str]) -> str:
-    """``{"type": "messages", "messages": [...]}`` from already encoded messages."""
-    return '{"type":"messages","messages":[' + ",".join(texts) + "]}"
+def messages_frame(texts: Iterable[bytes]) -> bytes:
+    """``{"type": "messages", "messages": [...]}`` (UTF-8) from already encoded messages.
+
+    Bytes, not str: a client's frame is a join of shared encoded messages, sent as a text
+    frame as it is, so no client pays for encoding a message again.
+    """
+    return b'{"type":"messages","messages":[' + b",".join(texts) + b"]}"
 
 
 def dropped_frame(count: int, total: int) -> str:

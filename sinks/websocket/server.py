@@ -31,7 +31,7 @@ from websockets.http11 import Request, Response
 
 from bus.message import Message
 from sinks.websocket.access import OriginPolicy, presented_token, token_matches
-from sinks.websocket.frames import dropped_frame, dumps, error_frame, messages_frame, snapshot_frame
+from sinks.websocket.frames import dropped_frame, error_frame, message_json, messages_frame, snapshot_frame
 from sinks.websocket.snapshot import Snapshot
 from sinks.websocket.subscription import Subscription, SubscriptionError, parse_subscription
 
@@ -46,10 +46,10 @@ _MAX_LOGGED: Final = 100
 class _Client:
     """One connection: its filter, its bounded queue and what it has been told."""
 
-    def __init__(self, connection: ServerConnection) -> None:
+    def __init__(self, connection: ServerConnection, limit: int) -> None:
         self.connection = connection
         self.subscription: Subscription | None = None
-        self.queue: deque[str] = deque()
+        self.queue: deque[bytes] = deque(maxlen=limit)  # full: appending drops the oldest
         self.control: deque[str] = deque()  # snapshot and error frames, sent before messages
         self.dropped = 0  # not yet reported
         self.dropped_total = 0
@@ -74,6 +74,7 @@ class StreamServer:
         frame_interval: float = 0.01,
         frame_messages: int = 5000,
         inbox_batches: int = 1000,
+        compress: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -85,6 +86,7 @@ class StreamServer:
         self.frame_interval = frame_interval
         self.frame_messages = frame_messages
         self.inbox_batches = inbox_batches
+        self.compress = compress
         # written by the sink's thread (deque appends and pops are atomic), drained by the loop
         self._inbox: deque[Sequence[Message]] = deque()
         self._wake_pending = False
@@ -155,6 +157,8 @@ class StreamServer:
                 self.port,
                 process_request=self._check_request,
                 max_size=MAX_CLIENT_MESSAGE,
+                # per-message deflate costs a compression per client per frame: off unless asked for
+                compression="deflate" if self.compress else None,
                 logger=logging.getLogger("metricbus.websocket.protocol"),
             )
         except OSError as exc:
@@ -187,7 +191,7 @@ class StreamServer:
         if len(self._clients) >= self.max_clients:
             await connection.close(1013, f"at most {self.max_clients} clients")
             return
-        client = _Client(connection)
+        client = _Client(connection, self.client_queue)
         self._clients.add(client)
         sender = asyncio.create_task(self._send(client))
         try:
@@ -235,39 +239,34 @@ class StreamServer:
 
     def _dispatch(self) -> None:
         self._wake_pending = False
-        inbox, take, limit = self._inbox, self.snapshot.take, self.client_queue
-        groups = self._groups
-        touched: set[_Client] = set()
+        inbox, take, groups = self._inbox, self.snapshot.take, self._groups
+        # per group, what its clients get from this dispatch; then one extend per client
+        news: list[list[bytes]] = [[] for _ in groups]
         while inbox:
             batch = inbox.popleft()
             for message in batch:
-                topic = message.topic
-                payload = message.to_dict() if message.kind == "alert" else None
-                take(message, topic, payload)
+                topic, run = message.topic, message.run
+                take(message, topic)
                 text = None
-                for sub, clients in groups:
-                    if not sub.wants(topic, message.run):
-                        continue
-                    if text is None:
-                        text = dumps(payload if payload is not None else message.to_dict())
-                    for client in clients:
-                        queue = client.queue
-                        if len(queue) >= limit:
-                            queue.popleft()
-                            client.dropped += 1
-                            self.dropped += 1
-                        queue.append(text)
-                        touched.add(client)
+                for (sub, _), new in zip(groups, news, strict=True):
+                    if sub.wants(topic, run):
+                        if text is None:
+                            text = message_json(message)  # once, whatever the number of clients
+                        new.append(text)
         lost = self.inbox_dropped - self._inbox_dropped_seen
-        if lost:
-            self._inbox_dropped_seen += lost
-            for _, clients in groups:
-                for client in clients:
-                    client.dropped += lost
-                    self.dropped += lost
-                    touched.add(client)
-        for client in touched:
-            client.ready.set()
+        self._inbox_dropped_seen += lost
+        for (_, clients), new in zip(groups, news, strict=True):
+            if not new and not lost:
+                continue
+            for client in clients:
+                queue = client.queue
+                # the deque's maxlen drops the oldest: count what it drops (and what the inbox shed)
+                count = max(0, len(queue) + len(new) - self.client_queue) + lost
+                if count:
+                    client.dropped += count
+                    self.dropped += count
+                queue.extend(new)
+                client.ready.set()
 
     async def _send(self, client: _Client) -> None:
         loop = asyncio.get_running_loop()
@@ -287,8 +286,12 @@ class StreamServer:
                     await connection.send(dropped_frame(count, client.dropped_total))
                 queue = client.queue
                 if queue:
-                    texts = [queue.popleft() for _ in range(min(len(queue), self.frame_messages))]
-                    await connection.send(messages_frame(texts))
+                    if len(queue) <= self.frame_messages:
+                        texts = list(queue)
+                        queue.clear()
+                    else:
+                        texts = [queue.popleft() for _ in range(self.frame_messages)]
+                    await connection.send(messages_frame(texts), text=True)
                     client.sent += len(texts)
                     self.sent += len(texts)
                     if queue:

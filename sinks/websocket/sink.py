@@ -27,7 +27,8 @@ class WebSocketSink:
     many); a frame at most every ``frame_interval`` seconds per client (≤ 0.05);
     ``max_sources`` runs/nodes and ``max_names`` metrics per source in the snapshot, least
     recently seen evicted first. Off loopback, ``token_env`` must name an environment
-    variable holding the token clients send.
+    variable holding the token clients send. ``compress``: per-message deflate (for slow
+    links; it costs a compression per client per frame).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class WebSocketSink:
         max_names: int = 500,
         max_alerts: int = 1000,
         silent_after: float = 60.0,
+        compress: bool = False,
     ) -> None:
         if not 0.0 <= frame_interval <= 0.05:
             raise ValueError(f"websocket: frame_interval must be in [0, 0.05] seconds, got {frame_interval}")
@@ -62,6 +64,7 @@ class WebSocketSink:
             max_clients=max_clients,
             client_queue=client_queue,
             frame_interval=frame_interval,
+            compress=compress,
         )
         self.server.start()
         shown = f"[{host}]" if ":" in host else host
