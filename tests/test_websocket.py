@@ -12,8 +12,11 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Stack, free_port, wait_until
+from support import REPO, Stack, free_port, wait_until
 
 from bus.message import Message
 from bus.publisher import Publisher
@@ -394,3 +397,28 @@ def test_through_a_real_stack_and_a_client_reconnects_after_the_sink_restarts(
             assert again.messages()[0]["data"] == {"x": 2.0}
         finally:
             again.close()
+
+
+def test_the_readme_python_client_runs_as_printed(sink: WebSocketSink) -> None:
+    """The README's Python client, verbatim but for the port, prints the snapshot's runs and live messages."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Live stream over WebSocket\n") :]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    assert 'connect("ws://127.0.0.1:8765")' in code
+    code = code.replace("8765", sink.url.rsplit(":", 1)[1])
+    sink.handle([msg("event", "ppo-1", {"event": "run_started"}), msg("event", "sac-1", {"event": "run_started"})])
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: sink.stats()["clients"] == 1 and lines, 20, "the client's snapshot line")
+        sink.handle([msg("metrics", "ppo-1", {"train/loss": math.nan}, step=7), msg("metrics", "sac-1", {"x": 1})])
+        wait_until(lambda: len(lines) >= 2, 10, "the client's message line")
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.join(5)
+        proc.stdout.close()  # type: ignore[union-attr]
+    assert lines[0] == "runs: {'ppo-1': 'running'}\n"
+    assert lines[1] == "ppo-1 7 {'train/loss': 'NaN'}\n"

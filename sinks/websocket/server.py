@@ -71,7 +71,7 @@ class StreamServer:
         snapshot: Snapshot,
         max_clients: int = 100,
         client_queue: int = 10_000,
-        frame_interval: float = 0.01,
+        frame_interval: float = 0.005,
         frame_messages: int = 5000,
         inbox_batches: int = 1000,
         compress: bool = False,

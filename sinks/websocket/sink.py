@@ -39,7 +39,7 @@ class WebSocketSink:
         allowed_origins: Sequence[str] = DEFAULT_ORIGINS,
         max_clients: int = 100,
         client_queue: int = 10_000,
-        frame_interval: float = 0.01,
+        frame_interval: float = 0.005,
         max_sources: int = 500,
         max_names: int = 500,
         max_alerts: int = 1000,
