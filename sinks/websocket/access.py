@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
-from bus.security import is_local
+from bus.curve import is_local
 
 DEFAULT_ORIGINS: Final = (
     "http://127.0.0.1:*",
