@@ -123,6 +123,10 @@ def _announce(config: Config, started: bool) -> None:
             root = Path(str(sink.options.get("root", defaults.LOG_ROOT)))
             where = root.resolve() if started else f"{root} (under the directory where that `metricbus up` runs)"
             say(f"logs: {where}/<run>/{{metrics,episodes,events}}.jsonl and {root}/_nodes/<node>/system.jsonl")
+        elif sink.type == "websocket":
+            host = str(sink.options.get("host", "127.0.0.1"))
+            host = "127.0.0.1" if host in ("0.0.0.0", "::", "*") else host
+            say(f"live JSON stream: ws://{host}:{sink.options.get('port', 8765)} (examples/live.html draws it)")
 
 
 # -- the command ------------------------------------------------------------------------------------
