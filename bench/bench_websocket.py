@@ -196,7 +196,7 @@ def _fanout_clients(url: str, clients: int, count: int, ready: Any, out: Any, ti
         ready.set()
         cpu0 = time.process_time()
         await asyncio.gather(*tasks)
-        out.put({"counts": counts, "dropped": dropped, "latency": latency, "cpu": [time.process_time() - cpu0]})
+        out.put({"counts": counts, "dropped": dropped, "latency": latency, "client_cpu": [time.process_time() - cpu0]})
 
     asyncio.run(main())
 
@@ -254,7 +254,7 @@ def part_fanout(clients: int, rate: float, seconds: float, processes: int = 5) -
                 took = publish_paced(pub, rate, count)
                 parts = [out.get(timeout=120) for _ in procs]
                 cpu = sum(sink.cpu_times()[:2]) - cpu0
-            result = {key: [v for p in parts for v in p[key]] for key in ("counts", "dropped", "latency", "cpu")}
+            result = {key: [v for p in parts for v in p[key]] for key in ("counts", "dropped", "latency", "client_cpu")}
             raw_result = raw_out.get(timeout=60)
             for proc in procs:
                 proc.join(30)
@@ -294,7 +294,7 @@ def main() -> int:
           f" ({fan['raw']['received']} received); ratio {per_msg / raw_per_msg:.0f}×")  # fmt: skip
     print(
         f"  latency seen by one of the 50: p50 {pct(lat50, 50):.1f} ms, p99 {pct(lat50, 99):.1f} ms"
-        f" (the 50 clients' own processes used {sum(fan['cpu']):.2f} s CPU: on 2 cores they compete with the sink)"
+        f" (the 50 clients' own processes used {sum(fan['client_cpu']):.2f} s CPU, competing with the sink for 2 cores)"
     )
 
     from bench_dashboard import part_latency as dashboard_latency
