@@ -157,6 +157,7 @@ class StreamServer:
                 self.port,
                 process_request=self._check_request,
                 max_size=MAX_CLIENT_MESSAGE,
+                close_timeout=2.0,  # a stalled client must not hold up a stopping sink for long
                 # per-message deflate costs a compression per client per frame: off unless asked for
                 compression="deflate" if self.compress else None,
                 logger=logging.getLogger("metricbus.websocket.protocol"),

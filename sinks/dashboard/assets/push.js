@@ -8,9 +8,11 @@
   if (!cfg || !cfg.url) return;
   const url = cfg.url.replace("{host}", location.hostname);
   const KEEPALIVE_MS = cfg.keepalive_ms || 5000;   // header ages and "silent" runs still move
-  const TRAILING_MS = 250;    // one more poll after news: the dashboard's own sink may take it a moment later
+  // more polls shortly after news: the dashboard's own sink may store a point a moment after
+  // the websocket sink has announced it (two processes; on a busy machine, tens of ms apart)
+  const TRAILING_MS = [100, 400];
   const OVERDUE_MS = 10000;   // a poll unanswered this long is presumed lost, as the clock presumes
-  let backoff = 500, wanted = false, trailing = null, live = false;
+  let backoff = 500, wanted = false, trailing = [], live = false;
   window.metricbusPushPolls = 0;
 
   function state(s) {
@@ -39,8 +41,8 @@
 
   function news() {
     poll();
-    clearTimeout(trailing);
-    trailing = setTimeout(() => { wanted = true; }, TRAILING_MS);
+    trailing.forEach(clearTimeout);
+    trailing = TRAILING_MS.map((ms) => setTimeout(() => { wanted = true; }, ms));
   }
 
   function connect() {
