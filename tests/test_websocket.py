@@ -422,3 +422,17 @@ def test_the_readme_python_client_runs_as_printed(sink: WebSocketSink) -> None:
         proc.stdout.close()  # type: ignore[union-attr]
     assert lines[0] == "runs: {'ppo-1': 'running'}\n"
     assert lines[1] == "ppo-1 7 {'train/loss': 'NaN'}\n"
+
+
+def test_metricbus_sinks_lists_the_websocket_sink_and_the_default_config_has_it() -> None:
+    """`metricbus sinks` shows the websocket sink with its options; configs/default.yaml runs one on loopback."""
+    from bus.config import load_config
+
+    result = subprocess.run(
+        [sys.executable, "-m", "metricbus", "sinks"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^websocket  \[built-in\] sinks\.websocket\.sink:WebSocketSink$", result.stdout, flags=re.M)
+    assert "    token_env: str | None = None" in result.stdout
+    shipped = load_config(None).sinks["websocket"]
+    assert (shipped.type, shipped.options["host"], shipped.options["port"]) == ("websocket", "127.0.0.1", 8765)
