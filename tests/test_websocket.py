@@ -412,7 +412,7 @@ def test_the_readme_python_client_runs_as_printed(sink: WebSocketSink) -> None:
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        wait_until(lambda: sink.stats()["clients"] == 1 and lines, 20, "the client's snapshot line")
+        wait_until(lambda: sink.stats()["clients"] == 1 and lines, 60, "the client's snapshot line")
         sink.handle([msg("metrics", "ppo-1", {"train/loss": math.nan}, step=7), msg("metrics", "sac-1", {"x": 1})])
         wait_until(lambda: len(lines) >= 2, 10, "the client's message line")
     finally:
