@@ -28,10 +28,12 @@ so the sockets stay bounded by the trials the cluster runs at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -102,7 +104,9 @@ class MetricbusTuneCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._start(trial)
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
+    ) -> None:
         pub = self._live.get(trial.trial_id) or self._start(trial)
         if pub is None:
             return
@@ -143,10 +147,8 @@ class MetricbusTuneCallback(Callback):
 
     def __del__(self) -> None:  # Tune may drop the callback without on_experiment_end (driver crash)
         if self._live or self._context is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.close()
-            except Exception:
-                pass
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -209,9 +211,7 @@ def flat_numbers(result: Mapping[str, Any], exclude: Iterable[str] = (), limit: 
         if isinstance(value, Mapping):
             for key, item in value.items():
                 walk(f"{prefix}/{key}" if prefix else str(key), item)
-        elif isinstance(value, bool):
-            out[prefix] = value
-        elif isinstance(value, int | float):
+        elif isinstance(value, int | float):  # bool too
             out[prefix] = value
         elif hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalar
             out[prefix] = value.item()
@@ -256,8 +256,10 @@ def _meets(criterion: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
 
 
 def _error_text(trial: Trial) -> str:
+    # Tune has just written the error to the trial's local error file (storage may lag)
     try:
-        text = trial.get_error()
+        path = trial.error_file
+        text = Path(path).read_text(errors="replace") if path and Path(path).exists() else trial.get_error()
     except Exception as exc:
         return f"(error text unavailable: {exc!r})"
     if not text:

@@ -35,7 +35,7 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from bus.message import check_run_id
 from bus.publisher import Publisher
-from publishers.ray import flat_config, flat_numbers
+from publishers.ray import TUNE_BOOKKEEPING, flat_config, flat_numbers
 
 log = logging.getLogger("metricbus.rllib")
 
@@ -60,9 +60,7 @@ HYPERPARAMETERS = (
 STEP_KEY = "num_env_steps_sampled_lifetime"
 
 
-def metricbus_callback(
-    run: str, *, endpoint: str | None = None, episodes: bool = True
-) -> type[MetricbusRLlibCallback]:
+def metricbus_callback(run: str, *, endpoint: str | None = None, episodes: bool = True) -> type[MetricbusRLlibCallback]:
     """An ``RLlibCallback`` class that publishes to ``run`` (pass it to ``config.callbacks(...)``)."""
     check_run_id(run)
     attrs = {"run": run, "endpoint": endpoint, "episodes": episodes}
@@ -107,10 +105,12 @@ class MetricbusRLlibCallback(RLlibCallback):
 
         algorithm.stop = stop
 
-    def on_train_result(self, *, algorithm: Any, metrics_logger: Any = None, result: dict[str, Any], **kwargs: Any) -> None:
+    def on_train_result(
+        self, *, algorithm: Any, metrics_logger: Any = None, result: dict[str, Any], **kwargs: Any
+    ) -> None:
         step = _steps(result.get(STEP_KEY))
         algorithm._metricbus_last_step = step
-        self._publish("metrics", flat_numbers(result, ("config",)), step)
+        self._publish("metrics", flat_numbers(result, TUNE_BOOKKEEPING), step)
 
     # -- env runners ----------------------------------------------------------------------------
 
