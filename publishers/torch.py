@@ -18,6 +18,9 @@ rank adds its own ``rank/<r>/grad/global_norm``, ``…/grad/nonfinite``, ``…/g
 and ``rank/<r>/time/steps_per_s`` at each measured step, so a straggler or a rank whose
 gradients go NaN shows up. The statistics are taken at the end of ``backward()``, before DDP
 has written the averaged gradients back: each rank measures its own local gradients.
+
+Messages go out in bursts (``publishers.burst``: 32 messages or 0.5 s, and at ``flush()``
+or ``close()``): each with its exact step, its ``ts`` when the burst was sent.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 
 from bus.publisher import Publisher
+from publishers.burst import Burst
 from publishers.distributed import DistributedRun, Throughput, status_of
 from publishers.grad_stats import GradientTap
 
@@ -69,6 +73,7 @@ class GradientMonitor:
         self.step: int | None = None
         self.errors = 0
         self._throughput = Throughput()
+        self._burst = Burst(self._send)
         self._tap: GradientTap | None = None
         if self.is_main or self.per_rank:  # a silent rank pays nothing: no hooks at all
             self._tap = GradientTap(
@@ -92,14 +97,19 @@ class GradientMonitor:
         if not self.is_main or self.publisher is None:
             return  # rank 0 speaks for the job
         try:
-            self.publisher.metrics(_plain(scalars), step)
+            self._burst.add("metrics", _plain(scalars), step)
         except Exception as exc:
             self._failed(exc)
+
+    def flush(self) -> None:
+        """Send what is held for the next burst now (``close()`` does)."""
+        self._burst.flush()
 
     def close(self, error: BaseException | None = None) -> None:
         """Detach the hooks; end the run (``failed`` with ``error``) if this monitor made it."""
         if self._tap is not None:
             self._tap.remove()
+        self._burst.flush()
         if self.job is not None:
             self.job.close(status_of(error), error, self.step)
 
@@ -111,11 +121,21 @@ class GradientMonitor:
 
     def _publish_grads(self, metrics: dict[str, float]) -> None:
         try:
-            if self.is_main and self.publisher is not None:
-                self.publisher.metrics(metrics, self.step)
+            if self.is_main:
+                self._burst.add("metrics", metrics, self.step)
             if self.per_rank and self.job is not None:
                 mine = {k: metrics[k] for k in self.RANK_KEYS if k in metrics}
-                self.job.rank_metrics({**mine, **self._throughput.read(self.step)}, self.step)
+                prefix = self.job.prefix
+                ranked = {prefix + k: v for k, v in {**mine, **self._throughput.read(self.step)}.items()}
+                self._burst.add("metrics", ranked, self.step)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _send(self, kind: str, data: Mapping[str, Any], step: int | None) -> None:
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.publish(kind, data, step)
         except Exception as exc:
             self._failed(exc)
 
@@ -131,6 +151,10 @@ def _plain(scalars: Mapping[str, Any]) -> dict[str, Any]:
     if not tensors:
         return dict(scalars)
     out = dict(scalars)
+    if len(tensors) == 1:  # the usual loss alone: .item() is 0.2 µs, stack + tolist 8 µs
+        key, tensor = tensors[0]
+        out[key] = tensor.detach().reshape(()).item()
+        return out
     flat = torch.stack([v.detach().reshape(()).to(torch.float64) for _, v in tensors]).tolist()
     for (key, _), value in zip(tensors, flat, strict=True):
         out[key] = value
