@@ -160,9 +160,8 @@ def main() -> None:
             lines = sum(1 for _ in (workdir / "logs").glob("bench-ddp-*/metrics.jsonl"))
         finally:
             stack.stop()
-    print(
-        f"torchrun --nproc_per_node={args.nproc}, MLP width {args.width}, every={args.every}, {args.pairs} pairs of {args.steps}-step segments"
-    )
+    print(f"torchrun --nproc_per_node={args.nproc}, MLP width {args.width}, every={args.every}, ", end="")
+    print(f"{args.pairs} pairs of {args.steps}-step segments")
     for index, what in ((0, "wall time"), (1, "CPU time, all ranks")):
         bare = [t[index] for t in times["bare"]]
         monitored = [t[index] for t in times["monitored"]]
