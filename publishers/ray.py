@@ -71,7 +71,10 @@ class MetricbusTuneCallback(Callback):
 
     ``endpoint`` and ``curve`` are the :class:`bus.publisher.Publisher`'s (default:
     ``METRICBUS_ENDPOINT`` / ``METRICBUS_CONFIG`` on the driver); ``experiment`` overrides
-    the name taken from Tune's ``RunConfig(name=...)``.
+    the name taken from Tune's ``RunConfig(name=...)``. Its hooks run on Tune's event loop, so
+    a trial's publisher waits at most ``connect_timeout`` for the broker and ``linger`` to
+    deliver at the trial's end; once a trial's messages did not get through (``unreachable``),
+    later trials wait for neither until one gets through again.
     """
 
     def __init__(
@@ -81,14 +84,17 @@ class MetricbusTuneCallback(Callback):
         experiment: str | None = None,
         step_key: str = "training_iteration",
         curve: Mapping[str, bytes] | None = None,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 0.5,
+        linger: float = 1.0,
     ) -> None:
         self.endpoint = endpoint
         self.experiment = experiment
         self.step_key = step_key
         self.curve = curve
         self.connect_timeout = connect_timeout
+        self.linger = linger
         self.errors = 0
+        self.unreachable = False  # the last trial's publisher never reached the broker
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._live: dict[str, Publisher] = {}  # trial id → its run's publisher
         self._stopped: set[str] = set()  # trials whose last result Tune marked done
@@ -163,7 +169,10 @@ class MetricbusTuneCallback(Callback):
                 run=self.run_id(trial),
                 curve=self.curve,
                 context=self._context,
-                connect_timeout=self.connect_timeout,
+                # Tune's event loop waits on these: once the broker has been found unreachable,
+                # later trials neither wait for it nor linger (what it misses is counted as dropped)
+                connect_timeout=0.0 if self.unreachable else self.connect_timeout,
+                linger=0.0 if self.unreachable else self.linger,
             )
             self._live[trial.trial_id] = pub
             config = {
@@ -190,6 +199,11 @@ class MetricbusTuneCallback(Callback):
             self._failed(exc)
         finally:
             pub.close()
+            reached = pub.dropped == 0
+            if self.unreachable != (not reached):
+                self.unreachable = not reached
+                if self.unreachable:
+                    log.warning("trial %s: the broker at %s was not reached; not waiting for it", trial, pub.endpoint)
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1

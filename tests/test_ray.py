@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, Stack, wait_until
+from support import REPO, Stack, free_port, wait_until
 
 ray = pytest.importorskip("ray")
 tune = pytest.importorskip("ray.tune")
@@ -58,12 +58,16 @@ def _trainable(config: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_tune_sweep_with_asha_publishes_each_trial_as_a_run(cluster: None, bus: Stack, tmp_path: Path) -> None:
-    """Each trial is <experiment>-<trial_id> with its config; every result at its iteration; ends with Tune's status."""
+    """Each trial is <experiment>-<trial_id> with its config; every result at its iteration; ends with Tune's status.
+
+    A second callback whose bus is down runs alongside: the sweep finishes all the same.
+    """
     from ray.tune.schedulers import ASHAScheduler
 
     from publishers.ray import MetricbusTuneCallback
 
     scheduler = ASHAScheduler(metric="score", mode="max", max_t=MAX_T, grace_period=1, reduction_factor=2)
+    nowhere = MetricbusTuneCallback(endpoint=f"tcp://127.0.0.1:{free_port()}")  # a bus that is down
     tuner = tune.Tuner(
         tune.with_resources(_trainable, {"cpu": 1}),
         param_space={"lr": tune.grid_search(RATES), "arch": {"width": 8}},
@@ -72,7 +76,7 @@ def test_tune_sweep_with_asha_publishes_each_trial_as_a_run(cluster: None, bus: 
             name="lr-sweep",
             storage_path=str(tmp_path / "ray_results"),
             stop={"training_iteration": MAX_T},
-            callbacks=[MetricbusTuneCallback()],
+            callbacks=[MetricbusTuneCallback(), nowhere],
             verbose=0,
         ),
     )
@@ -119,6 +123,7 @@ def test_tune_sweep_with_asha_publishes_each_trial_as_a_run(cluster: None, bus: 
         early += iterations < MAX_T
     assert early >= 1  # the scheduler did stop trials early in this sweep
     assert sum(r.error is not None for r in grid) == 1
+    assert nowhere.unreachable and nowhere.errors == 0  # a bus that is down cost the sweep nothing but a warning
 
 
 @pytest.mark.slow
