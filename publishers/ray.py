@@ -73,8 +73,8 @@ class MetricbusTuneCallback(Callback):
     ``METRICBUS_ENDPOINT`` / ``METRICBUS_CONFIG`` on the driver); ``experiment`` overrides
     the name taken from Tune's ``RunConfig(name=...)``. Its hooks run on Tune's event loop, so
     a trial's publisher waits at most ``connect_timeout`` for the broker and ``linger`` to
-    deliver at the trial's end; once a trial's messages did not get through (``unreachable``),
-    later trials wait for neither until one gets through again.
+    deliver at the trial's end; once the broker did not answer (``unreachable``), later trials
+    wait for neither until a trial's messages get through again.
     """
 
     def __init__(
@@ -175,6 +175,9 @@ class MetricbusTuneCallback(Callback):
                 linger=0.0 if self.unreachable else self.linger,
             )
             self._live[trial.trial_id] = pub
+            if not self.unreachable and not pub.connected:
+                self.unreachable = True
+                log.warning("trial %s: the broker at %s did not answer; not waiting for it", trial, pub.endpoint)
             config = {
                 "experiment": self.experiment or trial.experiment_dir_name,
                 "trial_id": trial.trial_id,
@@ -199,11 +202,7 @@ class MetricbusTuneCallback(Callback):
             self._failed(exc)
         finally:
             pub.close()
-            reached = pub.dropped == 0
-            if self.unreachable != (not reached):
-                self.unreachable = not reached
-                if self.unreachable:
-                    log.warning("trial %s: the broker at %s was not reached; not waiting for it", trial, pub.endpoint)
+            self.unreachable = pub.dropped > 0  # its messages got through, or not
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1
