@@ -1,8 +1,10 @@
-"""Training-side publishers: SB3 callback, PyTorch gradient monitor, system sampler.
+"""Training-side publishers: SB3 callback, PyTorch gradient monitor (torchrun/DDP aware),
+Ray Tune and RLlib callbacks, system sampler.
 
 Each lives in its own module so that importing one never imports another's heavy
-dependencies (``publishers.sb3`` needs stable-baselines3, ``publishers.torch`` torch).
-The names below are imported on first use, so ``import publishers`` imports neither.
+dependencies (``publishers.sb3`` needs stable-baselines3, ``publishers.torch`` torch,
+``publishers.ray`` and ``publishers.rllib`` Ray). The names below are imported on first
+use, so ``import publishers`` imports none of them.
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "DistributedRun",
     "GradientMonitor",
     "GradientStats",
     "MetricbusCallback",
     "MetricbusOutputFormat",
+    "MetricbusRLlibCallback",
+    "MetricbusTuneCallback",
     "SystemSampler",
 ]
 
 _WHERE = {
+    "DistributedRun": "publishers.distributed",
     "GradientMonitor": "publishers.torch",
     "GradientStats": "publishers.grad_stats",
     "MetricbusCallback": "publishers.sb3",
     "MetricbusOutputFormat": "publishers.sb3",
+    "MetricbusRLlibCallback": "publishers.rllib",
+    "MetricbusTuneCallback": "publishers.ray",
     "SystemSampler": "publishers.system",
 }
 
