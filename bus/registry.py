@@ -29,6 +29,8 @@ BUILTINS: Final[dict[str, str]] = {
     "csv": "sinks.csvfile:CsvSink",
     "console": "sinks.console:ConsoleSink",
     "websocket": "sinks.websocket.sink:WebSocketSink",
+    "mlflow": "sinks.mlflow:MlflowSink",
+    "wandb": "sinks.wandb:WandbSink",
 }
 
 #: A constructor parameter with this name receives the runner's :class:`bus.subscriber.SinkContext`
