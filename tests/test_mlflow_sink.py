@@ -16,11 +16,11 @@ import pytest
 from support import Stack, free_port, records, wait_until
 
 pytest.importorskip("mlflow")
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient
 
-from bus.message import Message  # noqa: E402
-from bus.publisher import Publisher  # noqa: E402
-from sinks.mlflow import MlflowSink, mlflow_key  # noqa: E402
+from bus.message import Message
+from bus.publisher import Publisher
+from sinks.mlflow import MlflowSink, mlflow_key
 
 RUN = "mlflow-a"
 STEPS = 30
@@ -99,7 +99,7 @@ def _check_run(client: MlflowClient, jsonl_root: Path) -> None:
 def test_mlflow_runs_match_the_jsonl_record_locally_and_on_a_server_while_a_dead_one_buffers(
     tmp_path: Path, mlflow_server: tuple[str, Callable[[], None]]
 ) -> None:
-    """Each bus run becomes one MLflow run (params, batched metrics at their steps and times, episodes, alert tag, status), in sqlite and on a server; a bridge to a closed port leaves them all unharmed."""
+    """A bus run is one MLflow run (params, metrics, episodes, alert, status) locally and on a server."""
     server, server_ready = mlflow_server
     local_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     dead = f"http://127.0.0.1:{free_port()}"
@@ -130,7 +130,7 @@ def test_mlflow_runs_match_the_jsonl_record_locally_and_on_a_server_while_a_dead
 
 
 def test_an_unreachable_tracker_buffers_boundedly_retries_and_counts_drops() -> None:
-    """With the server down, handle() returns at once, keeps max_buffer messages, retries them, and counts every other one as dropped."""
+    """With the server down, handle() returns at once, keeps max_buffer messages, retries, counts the rest dropped."""
     sink = MlflowSink(tracking_uri=f"http://127.0.0.1:{free_port()}", max_buffer=100, close_timeout=0.2)
     batch = [Message("metrics", "r", "n", "p", i, 1.7e9 + i, i, {"loss": float(i)}) for i in range(1_000)]
     for start in range(0, len(batch), 100):
@@ -145,7 +145,7 @@ def test_an_unreachable_tracker_buffers_boundedly_retries_and_counts_drops() -> 
 
 
 def test_a_value_mlflow_refuses_is_counted_and_the_rest_gets_through(tmp_path: Path) -> None:
-    """A request MLflow rejects for good (a param changed on a restarted run) is skipped and counted; later data still lands."""
+    """A request MLflow refuses for good (a changed param after a restart) is counted and skipped; later data lands."""
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     started = [Message("event", "r", "n", "p", 0, 1.7e9, None, {"event": "run_started", "config": {"lr": 1}})]
     first = MlflowSink(tracking_uri=uri)
