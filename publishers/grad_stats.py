@@ -242,7 +242,9 @@ class GradientTap:
 
     def _make_pre_step(self, group: _Group) -> Callable[..., None]:
         def pre_step(_opt: object, _args: object, _kwargs: object) -> None:
-            if group.pending is not None and self.update_ratio:
+            # armed means this step is measured; with a closure (Lightning, LBFGS) backward runs
+            # inside step(), after this hook, so pending cannot be known yet
+            if self.update_ratio and (group.pending is not None or group.param_hooks):
                 try:
                     group.before = group.stats.snapshot()
                 except Exception as exc:
