@@ -17,7 +17,7 @@ def json_safe(value: Any, depth: int = 0) -> Any:
         except Exception:  # a scalar that will not convert is still described below
             pass
     if depth < 3 and isinstance(value, Mapping):
-        return {str(k): json_safe(v, depth + 1) for k, v in list(value.items())[:100]}
+        return {str(k): json_safe(v, depth + 1) for k, v in list(value.items())[:256]}
     if depth < 3 and isinstance(value, list | tuple):
         return [json_safe(v, depth + 1) for v in value[:50]]
     if isinstance(value, type):
