@@ -46,6 +46,7 @@ _STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 _PERMANENT_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"})
 _BAD_KEY_CHARS = re.compile(r"[^\w./\- ]")
 
+_LIFECYCLE = frozenset({"run_started", "run_ended"})
 # (kind, source, ts in ms, step or None, data)
 _Item = tuple[str, str, int, "int | None", dict[str, Any]]
 
@@ -109,8 +110,8 @@ class MlflowSink:
         kinds = self.kinds
         items: list[_Item] = []
         for m in batch:
-            if m.kind not in kinds:
-                continue
+            if m.kind not in kinds or (m.kind == "event" and m.data.get("event") not in _LIFECYCLE):
+                continue  # heartbeats and other events say nothing a tracker keeps
             source = f"node-{mlflow_key(m.node)}" if m.kind == "system" else m.run
             if source is None:
                 continue
@@ -238,4 +239,3 @@ class MlflowSink:
         if len(self._run_ids) > self._max_runs:
             evicted, _ = self._run_ids.popitem(last=False)
             self._last_step.pop(evicted, None)
-
