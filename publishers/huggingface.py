@@ -40,7 +40,7 @@ def metric_name(key: str) -> str:
     return f"train/{key}"
 
 
-class MetricbusHFCallback(TrainerCallback):  # type: ignore[misc]
+class MetricbusHFCallback(TrainerCallback):
     """Publishes a ``transformers.Trainer``'s logs, arguments and end status.
 
     ``publisher`` is used as given (and not closed); otherwise one is made for ``run``

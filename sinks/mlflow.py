@@ -28,6 +28,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from bus.message import Message
@@ -132,7 +133,7 @@ class MlflowSink:
         for item in items:
             by_source.setdefault(item[1], []).append(item)
         for source, its in by_source.items():
-            calls.append(Call(lambda s=source, first=its[0]: self._ensure_run(s, first), 0, f"run {source}"))
+            calls.append(Call(partial(self._ensure_run, source, its[0]), 0, f"run {source}"))
             calls.extend(self._plan_run(source, its))
         return calls
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ class WandbSink:
     # -- the worker thread --------------------------------------------------------------------------
 
     def _plan(self, items: list[_Item]) -> list[Call]:
-        return [Call(lambda item=item: self._deliver(item), 1, f"{item[0]} of {item[1]}") for item in items]
+        return [Call(partial(self._deliver, item), 1, f"{item[0]} of {item[1]}") for item in items]
 
     def _deliver(self, item: _Item) -> None:
         kind, source, ts, step, data = item

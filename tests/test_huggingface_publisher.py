@@ -12,11 +12,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 import torch  # noqa: E402
-from inproc_bus import inproc_bus  # noqa: E402
 from support import wait_until  # noqa: E402
 
 from bus.message import Message  # noqa: E402
 from bus.publisher import Publisher  # noqa: E402
+from bus.testing import inproc_bus  # noqa: E402
 from publishers.huggingface import MetricbusHFCallback, metric_name  # noqa: E402
 
 

@@ -12,13 +12,13 @@ import pytest
 
 L = pytest.importorskip("lightning.pytorch")
 import torch  # noqa: E402
-from inproc_bus import inproc_bus  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from support import wait_until  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from bus.message import Message  # noqa: E402
 from bus.publisher import Publisher  # noqa: E402
+from bus.testing import inproc_bus  # noqa: E402
 from publishers.lightning import MetricbusGradients, MetricbusLogger  # noqa: E402
 
 CLIP = 0.01  # far below the real norms, so a norm taken after clipping would show it
