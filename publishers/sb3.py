@@ -38,6 +38,7 @@ from stable_baselines3.common.logger import KVWriter, filter_excluded_keys
 
 from bus.message import check_run_id
 from bus.publisher import Publisher
+from publishers._values import json_safe
 from publishers.grad_stats import GradientTap
 
 log = logging.getLogger("metricbus.sb3")
@@ -261,7 +262,7 @@ class MetricbusCallback(BaseCallback):
         hyper = {}
         for name in _HYPERPARAMETERS:
             if hasattr(model, name):
-                hyper[name] = _json_safe(getattr(model, name))
+                hyper[name] = json_safe(getattr(model, name))
         config["hyperparameters"] = hyper
         return config
 
@@ -385,19 +386,4 @@ def _default_run_id(model: BaseAlgorithm) -> str:
 
 def _info_value(value: Any) -> Any:
     plain = _scalar(value)
-    return _json_safe(value) if plain is _SKIP else plain
-
-
-def _json_safe(value: Any, depth: int = 0) -> Any:
-    """A small JSON-safe rendering of a hyper-parameter (classes by name, objects as text)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if depth < 3 and isinstance(value, Mapping):
-        return {str(k): _json_safe(v, depth + 1) for k, v in list(value.items())[:50]}
-    if depth < 3 and isinstance(value, list | tuple):
-        return [_json_safe(v, depth + 1) for v in value[:50]]
-    if isinstance(value, type):
-        return value.__name__
-    return str(value)[:200]
+    return json_safe(value) if plain is _SKIP else plain

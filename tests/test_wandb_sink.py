@@ -101,3 +101,15 @@ def test_wandb_offline_run_holds_the_jsonl_values_config_and_exit_code(tmp_path:
     assert summary["metricbus/error"] == "ValueError: nan"
     assert summary["alert/nan"] == "firing (critical) at step 15: NaN loss"
     assert [e.exit_code for e in _of_type(path, "exit")] == [1]
+
+
+def test_the_readme_tracker_config_loads() -> None:
+    """The README's MLflow and W&B sink YAML passes the config checks (types, options) as printed."""
+    import yaml
+    from test_plugins import readme_blocks
+
+    from bus.config import parse_config
+
+    (block,) = [b for b in readme_blocks("Write your own sink")["yaml"] if "type: wandb" in b]
+    config = parse_config(yaml.safe_load(block), "README.md")
+    assert {s.type for s in config.sinks.values()} == {"mlflow", "wandb"}
