@@ -72,7 +72,7 @@ def test_metricbus_sinks_lists_builtins_with_their_options() -> None:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for name in ("jsonl", "tensorboard", "prometheus", "csv", "console"):
+    for name in ("jsonl", "tensorboard", "prometheus", "csv", "console", "mlflow", "wandb"):
         assert re.search(rf"^{name}  \[built-in\] ", out, flags=re.M), name
     assert "    port: int = 9109" in out
     assert "    kinds: Sequence[str] = ('metrics', 'episode', 'system')" in out
