@@ -32,7 +32,7 @@ Item = TypeVar("Item")
 class Call:
     """One request to the tracker; ``size`` is how many items it carries (for the counters)."""
 
-    run: Callable[[], None]
+    run: Callable[[], object]
     size: int
     what: str
 

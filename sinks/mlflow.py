@@ -59,7 +59,8 @@ def mlflow_key(name: str) -> str:
 
 
 def _is_permanent(exc: BaseException) -> bool:
-    return getattr(exc, "error_code", None) in _PERMANENT_CODES
+    # retrying is for a tracker that is away; a refused value or a bug here would block the queue
+    return getattr(exc, "error_code", None) in _PERMANENT_CODES or isinstance(exc, LookupError | TypeError)
 
 
 class MlflowSink:
@@ -133,7 +134,7 @@ class MlflowSink:
         for item in items:
             by_source.setdefault(item[1], []).append(item)
         for source, its in by_source.items():
-            calls.append(Call(partial(self._ensure_run, source, its[0]), 0, f"run {source}"))
+            calls.append(Call(partial(self._run_id, source, its[0][2]), 0, f"run {source}"))
             calls.extend(self._plan_run(source, its))
         return calls
 
@@ -201,7 +202,7 @@ class MlflowSink:
             error = data.get("error")
 
             def end() -> None:
-                run_id = self._run_ids[source]
+                run_id = self._run_id(source)
                 if error:
                     self.client.set_tag(run_id, "metricbus.error", str(error)[:_MAX_VALUE])
                 self.client.set_terminated(run_id, status, end_time=ts)
@@ -211,14 +212,16 @@ class MlflowSink:
 
     def _batch_call(self, source: str, size: int, what: str, **entities: Any) -> Call:
         def run() -> None:
-            self.client.log_batch(self._run_ids[source], synchronous=True, **entities)
+            self.client.log_batch(self._run_id(source), synchronous=True, **entities)
 
         return Call(run, size, what)
 
-    def _ensure_run(self, source: str, first: _Item) -> None:
-        if source in self._run_ids:
+    def _run_id(self, source: str, start_ms: int | None = None) -> str:
+        """The MLflow run of ``source``: cached, else found by its tag, else created."""
+        run_id = self._run_ids.get(source)
+        if run_id is not None:
             self._run_ids.move_to_end(source)
-            return
+            return run_id
         if self._experiment_id is None:
             experiment = self.client.get_experiment_by_name(self.experiment)
             self._experiment_id = (
@@ -228,15 +231,15 @@ class MlflowSink:
             [self._experiment_id], filter_string=f"tags.`metricbus.run` = '{source}'", max_results=1
         )
         if found:
-            run_id = found[0].info.run_id
+            run_id = str(found[0].info.run_id)
         else:
-            run_id = self.client.create_run(
-                self._experiment_id,
-                start_time=first[2],
-                tags={"metricbus.run": source},
-                run_name=source,
-            ).info.run_id
+            run_id = str(
+                self.client.create_run(
+                    self._experiment_id, start_time=start_ms, tags={"metricbus.run": source}, run_name=source
+                ).info.run_id
+            )
         self._run_ids[source] = run_id
         if len(self._run_ids) > self._max_runs:
             evicted, _ = self._run_ids.popitem(last=False)
             self._last_step.pop(evicted, None)
+        return run_id
