@@ -239,18 +239,22 @@ def bench_mlflow(tmp: Path, count: int) -> None:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("metricbus")
     assert experiment is not None
-    run_id = client.create_run(experiment.experiment_id).info.run_id
+    # by hand, the same shape as the bridge: one run per bus run, log_batch of 1,000 values each
+    run_ids = {m.run: client.create_run(experiment.experiment_id).info.run_id for m in messages}
     start = time.perf_counter()
-    pending: list[Metric] = []
+    pending: dict[str | None, list[Metric]] = {run: [] for run in run_ids}
     for m in messages:
         ts = int(m.ts * 1000)
-        pending.extend(Metric(k, float(v), ts, m.step or 0) for k, v in m.data.items())
-        if len(pending) >= 1000:
-            client.log_batch(run_id, metrics=pending[:1000])
-            pending = pending[1000:]
-    client.log_batch(run_id, metrics=pending)
+        into = pending[m.run]
+        into.extend(Metric(k, float(v), ts, m.step or 0) for k, v in m.data.items())
+        if len(into) >= 1000:
+            client.log_batch(run_ids[m.run], metrics=into[:1000])
+            del into[:1000]
+    for run, rest in pending.items():
+        client.log_batch(run_ids[run], metrics=rest)
     by_hand = count / (time.perf_counter() - start)
     row("bridge msg/s", bridge, by_hand, "msg/s", "log_batch by hand")
+    run_id = next(iter(run_ids.values()))
     few = messages[: max(50, count // 100)]
     start = time.perf_counter()
     for m in few:
@@ -273,16 +277,22 @@ def bench_wandb(tmp: Path, count: int) -> None:
         time.sleep(0.01)
     bridge = _drain(sink, messages)
     sink.close()
-    run = wandb.init(mode="offline", dir=str(tmp / "wb-raw"), project="bench", reinit="create_new",
-                     settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))  # fmt: skip
-    run.define_metric("*", step_metric="bus/step")
-    for m in messages[:4]:  # as the bridge's runs were, warmed up outside the timing
-        run.log({**m.data, "bus/step": m.step or 0, "_timestamp": m.ts})
+    # by hand, the same shape as the bridge: one offline run per bus run, one row per message
+    runs = {}
+    for m in messages[:4]:
+        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True)
+        runs[m.run] = run = wandb.init(
+            mode="offline", dir=str(tmp / "wb-raw"), project="bench", id=f"raw-{m.run}", reinit="create_new",
+            settings=settings,
+        )  # fmt: skip
+        run.define_metric("*", step_metric="bus/step")
+        run.log({**m.data, "bus/step": m.step or 0, "_timestamp": m.ts})  # warmed up, as the bridge's runs were
     start = time.perf_counter()
     for m in messages:
-        run.log({**m.data, "bus/step": m.step or 0, "_timestamp": m.ts})
+        runs[m.run].log({**m.data, "bus/step": m.step or 0, "_timestamp": m.ts})
     raw = count / (time.perf_counter() - start)
-    run.finish()
+    for run in runs.values():
+        run.finish()
     row("bridge msg/s", bridge, raw, "msg/s", "run.log per row")
 
 
