@@ -1,5 +1,5 @@
 """Training-side publishers: SB3 callback, PyTorch gradient monitor (torchrun/DDP aware),
-Ray Tune and RLlib callbacks, system sampler.
+Ray Tune and RLlib callbacks, Lightning logger, Hugging Face Trainer callback, system sampler.
 
 Each lives in its own module so that importing one never imports another's heavy
 dependencies (``publishers.sb3`` needs stable-baselines3, ``publishers.torch`` torch,
@@ -17,6 +17,9 @@ __all__ = [
     "GradientMonitor",
     "GradientStats",
     "MetricbusCallback",
+    "MetricbusGradients",
+    "MetricbusHFCallback",
+    "MetricbusLogger",
     "MetricbusOutputFormat",
     "MetricbusRLlibCallback",
     "MetricbusTuneCallback",
@@ -28,6 +31,9 @@ _WHERE = {
     "GradientMonitor": "publishers.torch",
     "GradientStats": "publishers.grad_stats",
     "MetricbusCallback": "publishers.sb3",
+    "MetricbusGradients": "publishers.lightning",
+    "MetricbusHFCallback": "publishers.huggingface",
+    "MetricbusLogger": "publishers.lightning",
     "MetricbusOutputFormat": "publishers.sb3",
     "MetricbusRLlibCallback": "publishers.rllib",
     "MetricbusTuneCallback": "publishers.ray",
