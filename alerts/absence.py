@@ -23,6 +23,7 @@ from typing import Final
 
 from alerts.rules import AbsenceRule, Rule
 from alerts.state import FIRING, recent_sources
+from bus.bounded import Recent
 from bus.message import Message
 
 log = logging.getLogger("metricbus.alerts")
@@ -31,6 +32,10 @@ log = logging.getLogger("metricbus.alerts")
 _TICK: Final = 0.25
 #: Ended runs remembered (so their publisher's closing heartbeat does not revive them).
 _ENDED_RUNS: Final = 10_000
+#: Sources watched per rule, and broker nodes remembered: names come from the wire, so the
+#: least recently heard from are forgotten first (a flood of run ids evicts the flood).
+_MAX_WATCHED: Final = 100_000
+_MAX_BROKERS: Final = 1024
 
 #: ``verdict(rule, source, active, silent_seconds, wall_ts, run, node)`` -> the series' phase
 #: afterwards (None when it is not tracked).
@@ -59,17 +64,24 @@ class AbsenceTracker:
         self.rules = tuple(rules)
         self._verdict = verdict
         self._bus_timeout = bus_timeout
-        self._seen: dict[str, dict[str, _Seen]] = {r.name: {} for r in self.rules}
+        self._seen: dict[str, Recent[str, _Seen]] = {r.name: Recent(_MAX_WATCHED) for r in self.rules}
         self._firing: set[tuple[str, str]] = set()
         self._ended_runs: dict[str, str] = {}  # run -> its run_ended status, oldest first
         self._epoch = time.monotonic()  # start, or the last bus restart: grace counts from here
         self._next_check = 0.0
-        self._broker_pubs: dict[str, str] = {}
+        self._broker_pubs: Recent[str, str] = Recent(_MAX_BROKERS)
         self._last_broker_stats: float | None = None
         self._warned = False
 
     def owns(self, rule: Rule) -> bool:
         return rule in self.rules
+
+    def stats(self) -> dict[str, int]:
+        """Sources watched and forgotten for lack of room, over all absence rules."""
+        return {
+            "watched": sum(len(t) for t in self._seen.values()),
+            "watched_evicted": sum(t.evicted for t in self._seen.values()),
+        }
 
     # -- what arrives ------------------------------------------------------------------------------
 
@@ -92,7 +104,7 @@ class AbsenceTracker:
             tracked = self._seen[rule.name]
             seen = tracked.get(source)
             if seen is None:
-                tracked[source] = _Seen(now, run, message.node)
+                tracked.put(source, _Seen(now, run, message.node))
             else:
                 seen.last = now
             if firing and (rule.name, source) in firing:
@@ -113,7 +125,7 @@ class AbsenceTracker:
                 continue  # e.g. a failed run: its silence from now on is still worth an alert
             tracked = self._seen[rule.name]
             for source in [s for s, seen in tracked.items() if seen.run == run]:
-                del tracked[source]
+                tracked.pop(source)
                 self._firing.discard((rule.name, source))
                 ended.append((rule.name, source))
         return ended
@@ -124,7 +136,7 @@ class AbsenceTracker:
             return
         self._last_broker_stats = now
         previous = self._broker_pubs.get(message.node)
-        self._broker_pubs[message.node] = message.pub
+        self._broker_pubs.put(message.node, message.pub)
         if previous is not None and previous != message.pub:
             # A new broker: everyone had to reconnect, so silence counts from now, after a grace.
             log.info("alerts: the broker on %s restarted; absence timers restart with their grace", message.node)
@@ -152,7 +164,7 @@ class AbsenceTracker:
         for rule in self.rules:
             if now < self._epoch + rule.grace:
                 continue
-            for source, seen in list(self._seen[rule.name].items()):
+            for source, seen in self._seen[rule.name].items():  # a snapshot
                 silent = now - seen.last
                 if silent >= rule.after or (rule.name, source) in self._firing:
                     self._judge(rule, source, silent >= rule.after, silent, wall, seen.run, seen.node)
@@ -190,4 +202,4 @@ class AbsenceTracker:
                 if rule.spec.selector.node is not None and not rule.spec.selector.node.fullmatch(src.node):
                     continue
                 # The last write's age is real silence: a run that died while we were down still fires.
-                self._seen[rule.name][src.name] = _Seen(now - max(0.0, wall - src.last_ts), run, src.node)
+                self._seen[rule.name].put(src.name, _Seen(now - max(0.0, wall - src.last_ts), run, src.node))

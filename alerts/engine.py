@@ -38,16 +38,19 @@ from alerts.absence import AbsenceTracker, split_rules
 from alerts.loading import load_rules
 from alerts.notifiers import NotifierWorker, build_notifiers, check_notify
 from alerts.rules import AbsenceRule, Rule
-from alerts.state import FIRING, RESOLVED, Series, SeriesKey, restore_alerts
-from bus.message import Message, payload
+from alerts.state import FIRING, RESOLVED, RestoreStats, Series, SeriesKey, restore_alerts
+from bus.bounded import Recent
+from bus.message import Message, default_node, payload
 from bus.options import Where
 
 log = logging.getLogger("metricbus.alerts")
 
 #: Alerts kept in memory for inspection (``engine.recent``); the bus and JSONL hold the rest.
 RECENT: Final = 1000
-#: (kind, run, node) plans cached before the cache is rebuilt.
-_MAX_PLANS: Final = 100_000
+#: (kind, run, node) plans cached; the least recently used go first.
+_MAX_PLANS: Final = 10_000
+#: Metric names cached per plan before that plan's cache starts over (a run of 1M names).
+_MAX_METRICS_PER_PLAN: Final = 2048
 _SELECTABLE: Final = frozenset(("metrics", "episode", "system", "event"))
 
 
@@ -88,12 +91,15 @@ class AlertEngine:
         self.rule_errors = 0
         self._value_rules, absence_rules = split_rules(self.rules)
         self._by_name = {r.name: r for r in self.rules}
-        self._plans: dict[tuple[str, str | None, str], _Plan] = {}
-        self._series: dict[SeriesKey, Series] = {}
+        # Every name below comes from the wire: each map is bounded, least recently seen out,
+        # so a flood of new runs evicts the flood and the engine keeps judging the live runs.
+        self._plans: Recent[tuple[str, str | None, str], _Plan] = Recent(_MAX_PLANS)
+        self._series: Recent[SeriesKey, Series] = Recent(max_series, self._forget_series)
+        self.restore_stats = RestoreStats()
         bus_timeout = 3 * float(getattr(getattr(config, "broker", None), "stats_interval", 5.0)) + 5.0
         self.absence = AbsenceTracker(absence_rules, self._absence_verdict, bus_timeout)
         self._warned: set[str] = set()
-        node = getattr(context, "node", None) or os.uname().nodename
+        node = getattr(context, "node", None) or default_node()
         self._node = node
         self._pub_id = f"{node}:{os.getpid()}:alerts-{uuid.uuid4().hex[:8]}"
         self._seq = 0
@@ -146,6 +152,8 @@ class AlertEngine:
             plan = plans.get((kind, message.run, message.node))
             if plan is None:
                 plan = self._plan(kind, message.run, message.node)
+            elif len(plan.by_metric) > _MAX_METRICS_PER_PLAN:
+                plan.by_metric = {}  # a run with endless distinct names: start its cache over
             if plan.absence:
                 self.absence.saw(plan.absence, message, now)
             if kind == "event" and message.data.get("event") == "run_ended":
@@ -174,16 +182,13 @@ class AlertEngine:
     # -- evaluation ----------------------------------------------------------------------------
 
     def _plan(self, kind: str, run: str | None, node: str) -> _Plan:
-        if len(self._plans) >= _MAX_PLANS:
-            self._plans.clear()  # many short runs: rebuild the cache rather than grow it
         if kind not in _SELECTABLE:
             plan = _Plan((), (), {})
         else:
             rules = tuple(r for r in self._value_rules if r.spec.selector.matches_source(kind, run, node))
             absence = tuple(r for r in self.absence.rules if r.spec.selector.matches_source(kind, run, node))
             plan = _Plan(rules, absence, {})
-        self._plans[(kind, run, node)] = plan
-        return plan
+        return self._plans.put((kind, run, node), plan)
 
     def _targets(self, plan: _Plan, message: Message, metric: str) -> tuple[Series, ...]:
         """The series ``metric`` feeds under ``plan``: resolved once, then a dict lookup per value."""
@@ -220,11 +225,25 @@ class AlertEngine:
                 self._emit(series, change)
 
     def _new_series(self, key: SeriesKey, rule: Rule, run: str | None, node: str) -> Series | None:
-        if len(self._series) >= self.max_series:
-            self._warn_once("max_series", f"alerts: {self.max_series} series tracked; new ones are ignored")
-            return None
-        series = self._series[key] = Series(rule, key[1], key[2], run, node, rule.new_state())
-        return series
+        return self._series.put(key, Series(rule, key[1], key[2], run, node, rule.new_state()))
+
+    def _forget_series(self, key: SeriesKey, series: Series) -> None:
+        # Pushed out by newer series (max_series): the least recently seen, a flood's own.
+        self._warn_once(
+            "max_series", f"alerts: over {self.max_series} series; the least recently seen are forgotten (counted)"
+        )
+
+    def stats(self) -> dict[str, int]:
+        """Sizes and evictions of the per-name state (logged by the runner when it stops)."""
+        return {
+            "series": len(self._series),
+            "series_evicted": self._series.evicted,
+            "plans": len(self._plans),
+            "plans_evicted": self._plans.evicted,
+            **self.absence.stats(),
+            "restore_skipped": self.restore_stats.skipped,
+            "notify_dropped": sum(w.dropped for w in self._workers),
+        }
 
     def _rule_failed(self, rule: Rule, exc: Exception) -> None:
         self.rule_errors += 1
@@ -247,7 +266,7 @@ class AlertEngine:
         if ended:
             self._plans.clear()  # plans hold the series being forgotten
         for key in ended:
-            series = self._series.pop(key, None)
+            series = self._series.pop(key)
             if series is not None and series.phase == FIRING:
                 series.phase = "inactive"
                 self._emit(series, RESOLVED, note="run ended")
@@ -320,7 +339,7 @@ class AlertEngine:
 
     def _restore(self, root: Path, resume_window: float) -> None:
         restored = 0
-        for (rule_name, source, metric), record in restore_alerts(root).items():
+        for (rule_name, source, metric), record in restore_alerts(root, self.restore_stats).items():
             rule = self._by_name.get(rule_name)
             data = record["data"]
             if rule is None or data.get("state") != FIRING:
@@ -338,6 +357,12 @@ class AlertEngine:
         self.absence.seed(root, resume_window)
         if restored:
             log.info("alerts: %d firing alerts restored from %s (not notified again)", restored, root)
+        if self.restore_stats.skipped:
+            log.warning(
+                "alerts: %d records in %s/**/alerts.jsonl are not alerts this engine wrote; skipped",
+                self.restore_stats.skipped,
+                root,
+            )
 
 
 def _render(template: str, fields: Mapping[str, Any], rule: Rule) -> str:

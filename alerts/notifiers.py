@@ -2,7 +2,13 @@
 
 Every notifier runs in its own worker thread behind a bounded queue: the engine only
 enqueues, so a slow or dead endpoint never delays evaluation. A failed delivery is
-retried with exponential back-off and then logged and dropped; the worker goes on.
+retried with exponential back-off and then logged and dropped; the worker goes on. A
+retry waits in a bounded schedule of its own, not in the worker: alerts that fail (a
+hostile name, an endpoint that refuses one of them) never hold up the next alert.
+
+Names in an alert come from the wire. What goes into argv, the environment, headers and
+subjects has control characters (NUL, CR, LF, …) replaced, so no alert can fail a
+notifier or forge a header line.
 
 Secrets never live in the YAML: a webhook URL may come from ``url_env``, SMTP
 credentials from ``username_env``/``password_env``. The command notifier runs an argv
@@ -12,6 +18,7 @@ list without a shell and hands the alert over in ``METRICBUS_ALERT_*`` variables
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import logging
 import math
@@ -23,7 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from email.message import EmailMessage
 from typing import Any, ClassVar, Final
 
@@ -35,12 +42,21 @@ log = logging.getLogger("metricbus.alerts")
 Alert = Mapping[str, Any]
 #: Alerts waiting for one notifier; past this, new ones are dropped (and counted).
 QUEUE_SIZE: Final = 1000
+#: Failed alerts waiting for their next attempt; past this, the oldest is dropped (counted).
+RETRY_SIZE: Final = 100
+#: Control characters (C0, DEL, C1) -> a space: NUL ends a C string, CR/LF end a header.
+_CONTROL: Final = {c: " " for c in [*range(0x20), *range(0x7F, 0xA0)]}
 _LOG_LEVELS: Final = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def clean(text: object) -> str:
+    """``str(text)`` with control characters replaced by spaces (safe for argv, env and headers)."""
+    return str(text).translate(_CONTROL)
 
 
 def alert_text(alert: Alert) -> str:
     """One human line: ``[critical] FIRING nan-train on ppo-1: train/loss is nan …``."""
-    return f"[{alert['severity']}] {str(alert['state']).upper()} {alert['rule']}: {alert['message']}"
+    return clean(f"[{alert['severity']}] {str(alert['state']).upper()} {alert['rule']}: {alert['message']}")
 
 
 def strict_json(alert: Alert) -> dict[str, Any]:
@@ -50,8 +66,11 @@ def strict_json(alert: Alert) -> dict[str, Any]:
 
 def alert_env(alert: Alert) -> dict[str, str]:
     """The alert as ``METRICBUS_ALERT_<FIELD>`` variables, plus the whole of it as JSON."""
-    env = {f"METRICBUS_ALERT_{key.upper()}": "" if value is None else str(value) for key, value in alert.items()}
-    env["METRICBUS_ALERT_JSON"] = json.dumps(strict_json(alert), default=str, allow_nan=False)
+    env = {
+        f"METRICBUS_ALERT_{clean(key).upper().replace('=', '_')}": "" if value is None else clean(value)
+        for key, value in alert.items()
+    }
+    env["METRICBUS_ALERT_JSON"] = json.dumps(strict_json(alert), default=str, allow_nan=False)  # escapes controls
     return env
 
 
@@ -171,7 +190,7 @@ class EmailNotifier(Notifier):
         mail["Subject"] = f"[metricbus] {alert_text(alert)}"[:200]
         mail["From"] = self.sender
         mail["To"] = ", ".join(self.to)
-        lines = [alert_text(alert), ""] + [f"{k}: {v}" for k, v in alert.items()]
+        lines = [alert_text(alert), ""] + [clean(f"{k}: {v}") for k, v in alert.items()]
         mail.set_content("\n".join(lines))
         smtp_class = smtplib.SMTP_SSL if self.ssl else smtplib.SMTP
         with smtp_class(self.host, self.port, timeout=self.timeout) as smtp:
@@ -203,7 +222,6 @@ class NotifierWorker:
         states: tuple[str, ...] = ("firing", "resolved"),
         retries: int = 3,
         backoff: float = 1.0,
-        sleep: Callable[[float], bool] | None = None,
     ) -> None:
         self.notifier = notifier
         self.min_rank = SEVERITIES.index(min_severity)
@@ -214,9 +232,10 @@ class NotifierWorker:
         self.failed = 0
         self.dropped = 0
         self._queue: queue.Queue[Alert | None] = queue.Queue(QUEUE_SIZE)
+        #: (due on the monotonic clock, order, attempts so far, alert): retries, soonest first
+        self._retries: list[tuple[float, int, int, Alert]] = []
+        self._order = 0
         self._stop = threading.Event()
-        # Back-off waits on the stop event, so close() is never held up by a sleeping retry.
-        self._sleep = sleep or (lambda seconds: self._stop.wait(seconds))
         self._thread = threading.Thread(target=self._run, name=f"notify-{notifier.type}", daemon=True)
         self._thread.start()
 
@@ -232,8 +251,8 @@ class NotifierWorker:
                 log.warning("notifier %s: queue full, %d alerts dropped", self.notifier.describe(), self.dropped)
 
     def idle(self) -> bool:
-        """True when nothing is queued or being sent (for tests and shutdown)."""
-        return self._queue.unfinished_tasks == 0
+        """True when nothing is queued, being sent or waiting for a retry (for tests and shutdown)."""
+        return self._queue.unfinished_tasks == 0 and not self._retries
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued within ``timeout``, then stop (retries are cut short)."""
@@ -247,33 +266,58 @@ class NotifierWorker:
 
     def _run(self) -> None:
         while True:
-            alert = self._queue.get()
+            self._retry_due()
+            timeout = None
+            if self._retries:
+                timeout = max(0.0, self._retries[0][0] - time.monotonic())
+            try:
+                alert = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                continue  # a retry is due
             try:
                 if alert is None:
+                    self._give_up_retries()
                     return
-                self._deliver(alert)
+                self._attempt(alert, 0)
             finally:
                 self._queue.task_done()
 
-    def _deliver(self, alert: Alert) -> None:
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            try:
-                self.notifier.send(alert)
-                self.sent += 1
-                return
-            except Exception as exc:  # any failure of an endpoint is logged, never raised
-                last = f"{type(exc).__name__}: {exc}"
-            if attempt < self.retries:
-                log.info("notifier %s failed (%s); retry in %.1f s", self.notifier.describe(), last, delay)
-                if self._sleep(delay):
-                    break  # closing: stop retrying
-                delay *= 2
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now and not self._stop.is_set():
+            _, _, attempts, alert = heapq.heappop(self._retries)
+            self._attempt(alert, attempts)
+        if self._stop.is_set():
+            self._give_up_retries()
+
+    def _attempt(self, alert: Alert, attempts: int) -> None:
+        try:
+            self.notifier.send(alert)
+            self.sent += 1
+            return
+        except Exception as exc:  # any failure of an endpoint is logged, never raised
+            last = f"{type(exc).__name__}: {exc}"
+        attempts += 1
+        if attempts <= self.retries and not self._stop.is_set():
+            delay = self.backoff * 2 ** (attempts - 1)
+            log.info("notifier %s failed (%s); retry in %.1f s", self.notifier.describe(), last, delay)
+            if len(self._retries) >= RETRY_SIZE:
+                # keep the newest failures; the oldest has had the most tries
+                self._retries.remove(min(self._retries, key=lambda r: r[1]))
+                heapq.heapify(self._retries)
+                self.dropped += 1
+            self._order += 1
+            heapq.heappush(self._retries, (time.monotonic() + delay, self._order, attempts, alert))
+            return
         self.failed += 1
         log.warning(
             "notifier %s: gave up on alert %s/%s after %d attempts: %s",
-            self.notifier.describe(), alert.get("rule"), alert.get("state"), attempt + 1, last,
+            self.notifier.describe(), alert.get("rule"), alert.get("state"), attempts, last,
         )  # fmt: skip
+
+    def _give_up_retries(self) -> None:
+        self.failed += len(self._retries)
+        self._retries.clear()
 
 
 def _options(raw: Mapping[str, Any], where: Where) -> tuple[type[Notifier], dict[str, Any], dict[str, Any]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from alerts.rules import Rule
-from bus.message import owner
+from bus.message import MAX_TS, NAME_PATTERN, owner, valid_key
 from sinks.jsonl_files import NODES_DIR, current_files, kind_file, tail_records
 
 log = logging.getLogger("metricbus.alerts")
@@ -102,18 +102,62 @@ def _record_source(record: dict[str, Any]) -> object:
     return run or None
 
 
-def restore_alerts(root: Path) -> dict[SeriesKey, dict[str, Any]]:
-    """The last alert record of every series found under a JSONL root."""
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < MAX_TS
+
+
+def _scalar(value: object) -> bool:
+    return value is None or type(value) in (int, float, bool) or (type(value) is str and len(value) <= 1024)
+
+
+def _name(value: object) -> bool:
+    return type(value) is str and NAME_PATTERN.fullmatch(value) is not None
+
+
+def valid_alert(record: dict[str, Any]) -> bool:
+    """True if an alerts.jsonl record holds what the engine writes: the file is as untrusted as the wire.
+
+    Anyone who could publish could have had the JSONL sink store a forged ``alert``.
+    """
+    data = record["data"]
+    run, node, step, metric = record.get("run"), record.get("node"), record.get("step"), data.get("metric")
+    return (
+        valid_key(data.get("rule"))
+        and _name(data.get("source") or _record_source(record))
+        and (run is None or _name(run))
+        and _name(node)
+        and (metric is None or valid_key(metric))
+        and type(data.get("state")) is str
+        and _number(record.get("ts"))
+        and (data.get("since") is None or _number(data["since"]))
+        and (step is None or (type(step) is int and 0 <= step < 2**63))
+        and _scalar(data.get("value"))
+        and _scalar(data.get("threshold"))
+    )
+
+
+@dataclass
+class RestoreStats:
+    """What a restore read: records used, and records skipped because they failed validation."""
+
+    records: int = 0
+    skipped: int = 0
+
+
+def restore_alerts(root: Path, stats: RestoreStats | None = None) -> dict[SeriesKey, dict[str, Any]]:
+    """The last valid alert record of every series found under a JSONL root (invalid ones counted)."""
+    stats = stats if stats is not None else RestoreStats()
     last: dict[SeriesKey, dict[str, Any]] = {}
     for path in current_files(root, "alert"):
         for record in _tail_records(path):
+            if not valid_alert(record):
+                stats.skipped += 1
+                continue
+            stats.records += 1
             data = record["data"]
-            rule = data.get("rule")
-            source = data.get("source") or _record_source(record)
-            if isinstance(rule, str) and isinstance(source, str):
-                key = (rule, source, data.get("metric"))
-                if key not in last or record.get("ts", 0) >= last[key].get("ts", 0):
-                    last[key] = record
+            key = (data["rule"], data.get("source") or _record_source(record), data.get("metric"))
+            if key not in last or record["ts"] >= last[key]["ts"]:
+                last[key] = record
     return last
 
 
@@ -139,9 +183,13 @@ def recent_sources(
             continue
         if directory.name == NODES_DIR:
             for node_dir in directory.iterdir():
+                if NAME_PATTERN.fullmatch(node_dir.name) is None:
+                    continue  # not a directory the JSONL sink made
                 found = _recent(node_dir, "system", window, now)
                 if found is not None:
                     nodes.append(RecentSource(node_dir.name, node_dir.name, found[0], None))
+            continue
+        if NAME_PATTERN.fullmatch(directory.name) is None:
             continue
         found = _recent(directory, "event", window, now)
         if found is not None:
@@ -158,11 +206,13 @@ def _recent(directory: Path, kind: str, window: float, now: float) -> tuple[floa
         return None
     node = directory.name
     for record in reversed(_tail_records(directory / f"{kind_file(kind)}.jsonl")):
-        node = str(record.get("node") or node)
+        if _name(record.get("node")):
+            node = record["node"]
         event = record["data"].get("event")
         if event == "heartbeat":
             continue  # Publisher.close() sends one after run_ended
         if event == "run_ended":
-            return mtime, node, str(record["data"].get("status"))
+            status = record["data"].get("status")
+            return mtime, node, status if type(status) is str else None
         break
     return mtime, node, None

@@ -9,7 +9,6 @@ moment, then terminates, so that what publishers handed over reaches the sinks.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import zmq
 
 from bus.config import BrokerConfig
+from bus.message import default_node
 from bus.publisher import Publisher  # a publisher on our own frontend carries our counters
 from bus.security import BrokerCurve
 
@@ -29,6 +29,9 @@ log = logging.getLogger("metricbus.broker")
 TRANSPORT_CAP_FACTOR = 16
 _QUIET_BEFORE_STOP = 0.3
 _STOP_DEADLINE = 5.0
+#: After the first sink subscribes, how long the others get (they reconnect within ~0.1 s).
+_SUBSCRIBER_GRACE = 0.5
+_MAX_HELD = 10_000
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,9 @@ class ProxyStats:
 class Broker:
     """Binds the frontend (publishers connect) and backend (sinks connect) and forwards."""
 
-    def __init__(self, config: BrokerConfig, curve: BrokerCurve | None = None) -> None:
+    def __init__(self, config: BrokerConfig, curve: BrokerCurve | None = None, await_subscribers: float = 0.0) -> None:
         self.config = config
+        self.await_subscribers = await_subscribers
         self.curve = curve
         self._context = zmq.Context()
         # ZAP runs in the sockets' own context, and before any bind: a CURVE socket with no
@@ -62,6 +66,7 @@ class Broker:
         self._control.bind(self._control_url)
         self._stop = threading.Event()
         self._bound = threading.Event()
+        self._proxying = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._proxy, name="metricbus-proxy", daemon=True)
 
@@ -75,6 +80,8 @@ class Broker:
 
     def stats(self, timeout: float = 1.0) -> ProxyStats | None:
         """The proxy's counters, or None if it did not answer in time."""
+        if not self._proxying.is_set():
+            return None  # still waiting for subscribers: no proxy to ask
         self._control.send(b"STATISTICS")
         if not self._control.poll(int(timeout * 1000), zmq.POLLIN):
             return None
@@ -84,6 +91,7 @@ class Broker:
 
     def stop(self) -> None:
         """Forward until the frontend is quiet (bounded), then stop the proxy and unbind."""
+        self._stop.set()
         if not self._thread.is_alive():
             self._close()
             return
@@ -127,9 +135,6 @@ class Broker:
             backend.setsockopt(zmq.SNDHWM, cfg.hwm)
             frontend.bind(cfg.frontend)
             backend.bind(cfg.backend)
-            # Subscribe to everything upstream: every publisher then gets one subscription as
-            # soon as it connects (that is what it waits for), and filtering happens here.
-            frontend.send(b"\x01")
             control.connect(self._control_url)
         except zmq.ZMQError as exc:
             self._error = RuntimeError(f"broker cannot bind {cfg.frontend} / {cfg.backend}: {exc}")
@@ -139,6 +144,13 @@ class Broker:
             return
         self._bound.set()
         try:
+            held = self._await_subscribers(backend) if self.await_subscribers > 0 else []
+            # Subscribe to everything upstream: every publisher then gets one subscription as
+            # soon as it connects (that is what it waits for), and filtering happens here.
+            frontend.send(b"\x01")
+            for frame in held:
+                frontend.send(frame)  # what the proxy would have passed upstream meanwhile
+            self._proxying.set()
             zmq.proxy_steerable(frontend, backend, None, control)
         except zmq.ContextTerminated:
             pass
@@ -146,20 +158,46 @@ class Broker:
             for sock in (frontend, backend, control):
                 sock.close()
 
+    def _await_subscribers(self, backend: zmq.Socket[Any]) -> list[bytes]:
+        """Hold publishers (they keep messages in their backlog) until sinks have subscribed.
+
+        Publishers send as soon as our upstream subscription reaches them, and what reaches
+        the backend before a sink has subscribed is gone. After a broker restart every sink
+        reconnects within a few reconnect intervals of the first, so wait for the first and
+        a short grace, bounded by ``await_subscribers`` seconds in all. The subscriptions
+        are held, not passed upstream yet: any subscription opens a publisher.
+        """
+        deadline = time.monotonic() + self.await_subscribers
+        first: float | None = None
+        held: list[bytes] = []
+        while not self._stop.is_set():
+            now = time.monotonic()
+            end = deadline if first is None else min(deadline, first + _SUBSCRIBER_GRACE)
+            if now >= end:
+                break
+            if backend.poll(int(min(end - now, 0.05) * 1000) + 1, zmq.POLLIN):
+                frame = backend.recv()
+                if len(held) < _MAX_HELD:
+                    held.append(frame)
+                if first is None and frame[:1] == b"\x01":
+                    first = time.monotonic()
+        return held
+
 
 def run_broker(
     config: BrokerConfig,
     stop: threading.Event,
     curve: BrokerCurve | None = None,
     on_ready: Callable[[], None] | None = None,
+    await_subscribers: float = 0.0,
 ) -> None:
     """Run until ``stop`` is set, publishing the proxy's counters as ``bus`` messages."""
-    broker = Broker(config, curve)
+    broker = Broker(config, curve, await_subscribers)
     broker.start()
     if on_ready:
         on_ready()
     log.info("broker: publishers connect to %s, sinks to %s", config.frontend, config.backend)
-    node = socket.gethostname()
+    node = default_node()
     publisher: Publisher | None = None
     try:
         own_keys = curve.keys.as_client() if curve is not None else None

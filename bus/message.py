@@ -17,7 +17,18 @@ import msgpack
 VERSION: Final = 1
 KINDS: Final = frozenset({"metrics", "episode", "system", "event", "alert", "bus"})
 KEYS: Final = ("v", "kind", "run", "node", "pub", "seq", "ts", "step", "data")
-RUN_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: Runs and nodes name directories (``logs/<run>/``, ``logs/_nodes/<node>/``): a first
+#: character that is a letter or digit can never be ``.``, ``..``, ``_nodes`` or a hidden file.
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RUN_ID_PATTERN: Final = NAME_PATTERN
+#: Metric names (``data`` keys) and publisher ids: printable text (no NUL, CR, LF, tab or
+#: other control character, which break argv, headers and file formats) of bounded length.
+MAX_KEY_CHARS: Final = 256
+#: ``ts`` is seconds since the epoch before 2**33 (year 2242): every datetime and
+#: nanosecond-int64 conversion downstream (pandas, Plotly, TensorBoard) holds it.
+MAX_TS: Final = float(2**33)
+#: ``seq`` and ``step`` fit a signed 64-bit int (TensorBoard, DuckDB, numpy columns).
+MAX_INT64: Final = 2**63 - 1
 #: Default cap on one payload. ZeroMQ's own MAXMSGSIZE is set from the same number.
 MAX_PAYLOAD_BYTES: Final = 1 << 20
 #: Nested maps/lists in ``data`` are for small structures (hyper-parameters), not blobs.
@@ -117,6 +128,25 @@ def check_run_id(run: str) -> str:
     if not isinstance(run, str) or RUN_ID_PATTERN.fullmatch(run) is None:
         raise ValueError(f"run id {run!r} must match {RUN_ID_PATTERN.pattern}")
     return run
+
+
+def check_node(node: str) -> str:
+    if not isinstance(node, str) or NAME_PATTERN.fullmatch(node) is None:
+        raise ValueError(f"node name {node!r} must match {NAME_PATTERN.pattern}")
+    return node
+
+
+def default_node() -> str:
+    """This host's name as a node name: the hostname with what the pattern refuses replaced."""
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:128]
+    return name if NAME_PATTERN.fullmatch(name) else f"n{name}"[:128]
+
+
+def valid_key(key: object) -> bool:
+    """True for a metric name or publisher id the wire accepts (see :data:`MAX_KEY_CHARS`)."""
+    return type(key) is str and 0 < len(key) <= MAX_KEY_CHARS and key.isprintable()
 
 
 def _to_plain(obj: Any) -> Any:
@@ -222,21 +252,22 @@ def _fail(topic: bytes, what: str) -> DecodeError:
     return DecodeError(f"topic {text!r}: {what}")
 
 
-#: Run ids already matched against RUN_ID_PATTERN: a sink sees the same few over and over.
-_KNOWN_RUNS: set[str] = set()
-_KNOWN_RUNS_MAX: Final = 4096
+#: Run and node names already matched against NAME_PATTERN: a sink sees the same few over
+#: and over. A cache, so starting it over when full costs only re-matching.
+_KNOWN_NAMES: set[str] = set()
+_KNOWN_NAMES_MAX: Final = 4096
 
 
-def _valid_run(run: object) -> bool:
-    if type(run) is not str:
+def _valid_name(name: object) -> bool:
+    if type(name) is not str:
         return False
-    if run in _KNOWN_RUNS:
+    if name in _KNOWN_NAMES:
         return True
-    if RUN_ID_PATTERN.fullmatch(run) is None:
+    if NAME_PATTERN.fullmatch(name) is None:
         return False
-    if len(_KNOWN_RUNS) >= _KNOWN_RUNS_MAX:
-        _KNOWN_RUNS.clear()
-    _KNOWN_RUNS.add(run)
+    if len(_KNOWN_NAMES) >= _KNOWN_NAMES_MAX:
+        _KNOWN_NAMES.clear()
+    _KNOWN_NAMES.add(name)
     return True
 
 
@@ -262,28 +293,28 @@ def _from_map(obj: dict[str, Any], topic: bytes) -> Message:
     if type(v) is not int or v != VERSION:
         raise _fail(topic, f"'v' must be {VERSION}, got {v!r}")
     if type(kind) is not str or kind not in KINDS:  # an unhashable kind would raise TypeError
-        raise _fail(topic, f"'kind' must be one of {sorted(KINDS)}, got {kind!r}")
-    if run is not None and not _valid_run(run):
-        raise _fail(topic, f"'run' must be nil or match {RUN_ID_PATTERN.pattern}, got {run!r}")
-    if type(node) is not str or not node:
-        raise _fail(topic, f"'node' must be a non-empty string, got {node!r}")
-    if type(pub) is not str or not pub:
-        raise _fail(topic, f"'pub' must be a non-empty string, got {pub!r}")
-    if type(seq) is not int or seq < 0:
-        raise _fail(topic, f"'seq' must be a non-negative int, got {seq!r}")
+        raise _fail(topic, f"'kind' must be one of {sorted(KINDS)}, got {_short(kind)}")
+    if run is not None and not _valid_name(run):
+        raise _fail(topic, f"'run' must be nil or match {NAME_PATTERN.pattern}, got {_short(run)}")
+    if not _valid_name(node):
+        raise _fail(topic, f"'node' must match {NAME_PATTERN.pattern}, got {_short(node)}")
+    if type(pub) is not str or not 0 < len(pub) <= MAX_KEY_CHARS or not pub.isprintable():
+        raise _fail(topic, f"'pub' must be printable text of 1..{MAX_KEY_CHARS} chars, got {_short(pub)}")
+    if type(seq) is not int or not 0 <= seq <= MAX_INT64:
+        raise _fail(topic, f"'seq' must be an int in 0..2**63-1, got {seq!r}")
     if type(ts) is not float:
         if type(ts) is not int:
-            raise _fail(topic, f"'ts' must be a finite float, got {ts!r}")
+            raise _fail(topic, f"'ts' must be a finite float, got {_short(ts)}")
         ts = float(ts)
-    if ts - ts != 0.0:  # NaN or ±Inf
-        raise _fail(topic, f"'ts' must be a finite float, got {ts!r}")
-    if step is not None and type(step) is not int:
-        raise _fail(topic, f"'step' must be nil or an int, got {step!r}")
+    if not 0.0 <= ts < MAX_TS:  # also NaN (every comparison with NaN is False)
+        raise _fail(topic, f"'ts' must be seconds since the epoch in [0, 2**33), got {ts!r}")
+    if step is not None and (type(step) is not int or not 0 <= step <= MAX_INT64):
+        raise _fail(topic, f"'step' must be nil or an int in 0..2**63-1, got {_short(step)}")
     if type(data) is not dict:
         raise _fail(topic, f"'data' must be a map, got {type(data).__name__}")
     for key, item in data.items():
-        if type(key) is not str:
-            raise _fail(topic, f"'data' key {key!r} is not a string")
+        if type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS or not key.isprintable():
+            raise _fail(topic, f"'data' key {_short(key)} is not printable text of 1..{MAX_KEY_CHARS} chars")
         if type(item) not in _SCALARS:
             _check_data(item, topic, 2)
     source = node if kind in _NODE_TOPIC_KINDS or run is None else run  # topic_source(), inlined: the hot path
@@ -294,6 +325,12 @@ def _from_map(obj: dict[str, Any], topic: bytes) -> Message:
             raise DecodeError(f"topic is not UTF-8: {exc}") from exc
         raise _fail(topic, f"topic does not match the payload (expected '{kind}/{source}')")
     return _new_message(kind, run, node, pub, seq, ts, step, data)
+
+
+def _short(value: object) -> str:
+    """``repr`` cut to a length a log line can carry (a hostile name may be a megabyte)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _fast_constructor() -> Callable[..., Message]:

@@ -7,13 +7,20 @@ the subscription, so the publisher knows when the path is open, and with
 ``XPUB_NODROP`` a full queue refuses the send (EAGAIN) so that we can count it.
 The broker subscribes to everything on its frontend, so one subscription arrives per
 connection. Until it has, messages wait in a bounded local backlog instead of vanishing.
+
+When the broker dies and comes back (``metricbus up`` restarts it), nothing is needed
+here: ZeroMQ keeps a connecting socket's pipe across reconnects, so what is published while
+the broker is down waits in that pipe (bounded by the HWM; past it ``publish()`` counts a
+drop) and goes out when the new broker accepts the connection. The restarted broker holds
+it until its sinks have subscribed again (``--await-subscribers``), so it reaches them. A
+restart costs what was inside the dying broker and its socket buffers, which the sinks see
+as a seq gap; the issue-12 test measures it.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import socket
 import threading
 import time
 import uuid
@@ -25,7 +32,7 @@ import zmq
 from bus import defaults
 from bus.config import publisher_endpoint
 from bus.curve import CurveKeys, client_keys
-from bus.message import check_run_id, pack, packer, payload, topic_source
+from bus.message import check_node, check_run_id, default_node, pack, packer, payload, topic_source
 from bus.security import default_client_curve
 
 #: Messages held while the broker's subscription has not yet arrived.
@@ -58,7 +65,7 @@ class Publisher:
     ) -> None:
         self.endpoint = endpoint or publisher_endpoint()
         self.run = check_run_id(run) if run is not None else None
-        self.node = node or socket.gethostname()
+        self.node = check_node(node) if node else default_node()
         self.pub = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.heartbeat_interval = heartbeat_interval
         self.linger = linger

@@ -55,7 +55,7 @@ class KeyGate:
         self.denied = 0
         self._own = z85.encode(server_public) if len(server_public) == 32 else server_public
         self._keys: dict[bytes, bool] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[Any, ...] | None = None
         self._lock = threading.Lock()
         self._logged: set[bytes] = set()
         self._auth: ThreadAuthenticator | None = None
@@ -91,9 +91,13 @@ class KeyGate:
             self._auth = None
 
     def _current_keys(self) -> dict[bytes, bool]:
+        # Each file's identity, not just the directory's: a key replaced by overwriting its
+        # file in place changes the file, not the directory, and must be noticed all the same.
         try:
-            st = os.stat(self.authorized_dir)
-            stamp = (st.st_mtime_ns, st.st_ino)
+            with os.scandir(self.authorized_dir) as entries:
+                stamp: tuple[Any, ...] | None = tuple(
+                    sorted((e.name, e.inode(), st.st_mtime_ns, st.st_size) for e in entries for st in [e.stat()])
+                )
         except OSError:
             stamp = None
         if stamp != self._stamp or stamp is None:

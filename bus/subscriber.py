@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import zmq
 
+from bus.bounded import Recent
 from bus.curve import CurveKeys, client_keys
-from bus.message import CONTROL_PREFIX, KINDS, MAX_PAYLOAD_BYTES, DecodeError, Message, decode
+from bus.message import CONTROL_PREFIX, KINDS, MAX_PAYLOAD_BYTES, DecodeError, Message, decode, default_node
 
 log = logging.getLogger("metricbus.subscriber")
 
@@ -79,19 +79,40 @@ class RunnerStats:
     errors_by_kind: dict[str, int] = field(default_factory=dict)
 
 
+#: Publishers whose next seq is remembered (a flood of ids evicts the oldest).
+MAX_PUBLISHERS: Final = 65536
+#: A seq jump larger than this is not counted as lost messages (2**32 is ~50 days at 1M msg/s).
+MAX_PLAUSIBLE_GAP: Final = 2**32
+
+
 class SeqTracker:
     """Expected next ``seq`` per publisher; reports the range a jump skipped."""
 
-    def __init__(self, known: Mapping[str, int] | None = None) -> None:
-        # known: last seq seen per publisher (e.g. recovered from files after a restart)
-        self._next: dict[str, int] = {pub: seq + 1 for pub, seq in (known or {}).items()}
+    def __init__(self, known: Mapping[str, int] | None = None, limit: int = MAX_PUBLISHERS) -> None:
+        # known: last seq seen per publisher (e.g. recovered from files after a restart).
+        # Bounded: a flood of publisher ids evicts the ids seen longest ago, not the live ones.
+        self._next: Recent[str, int] = Recent(limit)
+        self.implausible = 0
+        for pub, seq in (known or {}).items():
+            self._next.put(pub, seq + 1)
+
+    @property
+    def evicted(self) -> int:
+        return self._next.evicted
+
+    def __len__(self) -> int:
+        return len(self._next)
 
     def observe(self, pub: str, seq: int) -> tuple[int, int] | None:
         """(first, last) missing seq when ``seq`` jumps ahead, else None."""
         expected = self._next.get(pub)
-        self._next[pub] = seq + 1
+        self._next.put(pub, seq + 1)
         if expected is None or seq <= expected - 1 or seq == expected:
             # new publisher, or a replay / duplicate: nothing we can call lost
+            return None
+        if seq - expected > MAX_PLAUSIBLE_GAP:
+            # More than a publisher could send in days: a forged or reset seq, not a loss.
+            self.implausible += 1
             return None
         return expected, seq - 1
 
@@ -112,6 +133,17 @@ class _Reporter:
             self._last[kind] = now
             suffix = f" ({count} since last report)" if count > 1 else ""
             log.warning("sink %s: %s: %s%s", self.name, kind, text, suffix)
+
+
+def _sink_stats(sink: object) -> str:
+    """`` name=value`` for each counter of a sink's optional ``stats()`` (bounds, evictions)."""
+    stats = getattr(sink, "stats", None)
+    if not callable(stats):
+        return ""
+    try:
+        return "".join(f" {key}={value}" for key, value in stats().items())
+    except Exception as exc:  # a plug-in's stats() must not spoil the shutdown
+        return f" stats_error={type(exc).__name__}"
 
 
 def probe_topic(token: str) -> bytes:
@@ -158,7 +190,7 @@ class SinkRunner:
         self.max_bytes = max_bytes
         self.catch = catch
         self.curve = client_keys(curve)
-        self.node = node or socket.gethostname()
+        self.node = node or default_node()
         self.stats = RunnerStats()
         self.ready = threading.Event()
         self._stop = threading.Event()
@@ -218,9 +250,11 @@ class SinkRunner:
             sub.close(linger=0)
             context.term()
             log.info(
-                "sink %s: stopped; received=%d undecodable=%d gaps=%d missing=%d sink_errors=%d",
+                "sink %s: stopped; received=%d undecodable=%d gaps=%d missing=%d sink_errors=%d "
+                "publishers=%d publishers_evicted=%d implausible_seq=%d%s",
                 self.name, self.stats.received, self.stats.undecodable, self.stats.gaps,
-                self.stats.missing, self.stats.sink_errors,
+                self.stats.missing, self.stats.sink_errors, len(self._tracker), self._tracker.evicted,
+                self._tracker.implausible, _sink_stats(self.sink),
             )  # fmt: skip
         return self.stats
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from bus.config import (
     publisher_endpoint,
     subscriber_endpoint,
 )
+from bus.message import default_node
 
 if TYPE_CHECKING:  # the runner (and zmq) load only for the commands that run a sink
     from bus.subscriber import SinkRunner
@@ -62,7 +62,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     config, _ = _load(args.config)
     stop = stop_on_signals()
-    run_broker(config.broker, stop, broker_curve(config), on_ready=lambda: mark_ready(args.ready_file))
+    run_broker(
+        config.broker,
+        stop,
+        broker_curve(config),
+        on_ready=lambda: mark_ready(args.ready_file),
+        await_subscribers=args.await_subscribers,
+    )
     return 0
 
 
@@ -87,7 +93,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         name=args.name,
         frontend=config.broker.connect_frontend,
         backend=config.broker.connect_backend,
-        node=socket.gethostname(),
+        node=default_node(),
         config=config,
         curve=curve,
     )
@@ -214,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("broker", cmd_broker, "run the broker (XSUB/XPUB proxy) alone")
     config_option(p)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--await-subscribers",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="hold publishers (in their backlog) until sinks subscribe, at most this long (`up` uses 5)",
+    )
 
     p = command("sink", cmd_sink, "run one sink of a config in this process")
     p.add_argument("name", help="the sink's name under `sinks:`")

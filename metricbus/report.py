@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import html
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -150,6 +151,16 @@ def _row(s: RunSummary) -> list[str]:
     ]
 
 
+_MD_SPECIAL: Final = re.compile(r"([\\`*\[\]<>|!])")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _md_cell(text: str) -> str:
+    """A table cell's text as literal markdown: rule names come from the wire (via alerts.jsonl),
+    so a name with ``|``, a newline, ``<script>`` or ``[link](…)`` must not change the page."""
+    return _MD_SPECIAL.sub(r"\\\1", _CONTROL.sub(" ", text))
+
+
 def markdown(summaries: Sequence[RunSummary]) -> str:
     lines = [
         "# metricbus report",
@@ -160,7 +171,7 @@ def markdown(summaries: Sequence[RunSummary]) -> str:
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "---|" * len(_COLUMNS),
     ]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _row(s)) + " |" for s in summaries]
+    lines += ["| " + " | ".join(_md_cell(cell) for cell in _row(s)) + " |" for s in summaries]
     return "\n".join(lines) + "\n"
 
 

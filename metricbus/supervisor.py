@@ -3,8 +3,10 @@
 Children run in their own session so that a terminal's Ctrl-C reaches only the
 supervisor, which then stops them in order: the sampler (a publisher), the broker (it
 forwards until its frontend is quiet), then the sinks (they drain, flush and close). A
-child that dies is restarted with exponential back-off; a child that cannot even start
-fails ``up`` at once, with its name.
+child that dies is restarted with exponential back-off. ``up`` starts what can start: a
+sink (or the sampler) that fails to start is reported by name and retried with the same
+back-off while the rest of the stack runs; only a broker that cannot start (its ports
+taken, say) fails ``up`` at once, since nothing works without it.
 
 Readiness is a file, never printed text: each child writes its ``--ready-file`` when it is
 up, and ``up --ready-file PATH`` writes PATH (holding its pid) once every child is, and
@@ -31,6 +33,7 @@ _BACKOFF_MAX = 30.0
 #: A child that ran this long before dying is restarted after the shortest back-off again.
 _STABLE_AFTER = 30.0
 _START_TIMEOUT = 60.0
+_AWAIT_SUBSCRIBERS = 5.0
 _STOP_TIMEOUT = {"sampler": 5.0, "broker": 10.0, "sink": 20.0}
 
 
@@ -83,7 +86,8 @@ class Supervisor:
             ready = self._state / f"{name}.ready"
             return Child(name, role, [*base, *argv, *cfg, "--ready-file", str(ready)], ready)
 
-        self.broker = child("broker", "broker", ["broker"])
+        # After a restart, publishers hold what they publish until the sinks are back.
+        self.broker = child("broker", "broker", ["broker", "--await-subscribers", str(_AWAIT_SUBSCRIBERS)])
         self.sinks = [child(f"sink {n}", "sink", ["sink", n]) for n in config.sinks]
         self.sampler = child("sampler", "sampler", ["sample"]) if config.sampler.enabled else None
         self.children = [self.broker, *self.sinks, *([self.sampler] if self.sampler else [])]
@@ -119,13 +123,27 @@ class Supervisor:
             return False
         for c in self.sinks:
             c.start()
-        if not self._await_ready(self.sinks):
-            return False
-        if self.sampler:
+        self._await_started(self.sinks)
+        if self.sampler and not self._stop.is_set():
             self.sampler.start()
-            if not self._await_ready([self.sampler]):
-                return False
-        return True
+            self._await_started([self.sampler])
+        return not self._stop.is_set()
+
+    def _await_started(self, children: list[Child]) -> None:
+        """Wait until each child is ready or has died; the dead are reported, and _watch retries them."""
+        deadline = time.monotonic() + _START_TIMEOUT
+        waiting = list(children)
+        while waiting and not self._stop.is_set() and time.monotonic() < deadline:
+            for c in list(waiting):
+                if c.ready:
+                    waiting.remove(c)
+                elif not c.alive():
+                    waiting.remove(c)
+                    code = c.proc.returncode if c.proc else None
+                    say(f"{c.name} failed to start (exit code {code}); see its error above; the rest runs")
+            time.sleep(0.05)  # the ready files are written by other processes; nothing to wait on
+        if waiting and not self._stop.is_set():
+            say(f"{', '.join(c.name for c in waiting)} not ready after {_START_TIMEOUT:.0f} s; the rest runs")
 
     def _await_ready(self, children: list[Child]) -> bool:
         deadline = time.monotonic() + _START_TIMEOUT

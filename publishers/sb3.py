@@ -28,7 +28,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -76,6 +76,9 @@ _HYPERPARAMETERS = (
     "device",
 )
 _CLOCK_CHECK_EVERY = 64  # steps between looks at the clock: one per step would show
+#: Class attributes that mark a guard subclass made by _guard_failures, and whether its callback still runs.
+_GUARD: Final = "_metricbus_guard"
+_ACTIVE: Final = "_metricbus_guard_active"
 #: Episodes and gradient statistics wait in a short queue and go out together. Each
 #: message sent on its own wakes ZeroMQ's I/O thread, which in a training loop costs
 #: ~190 µs of the process's CPU per message (cold caches); 8 sent together cost ~60 µs each.
@@ -303,10 +306,17 @@ class MetricbusCallback(BaseCallback):
             method.__name__ = name
             return method
 
+        # dump_logs too: a Ctrl-C that lands while SB3 prints its table must still say interrupted.
+        names = [n for n in ("collect_rollouts", "train", "dump_logs", "_dump_logs") if hasattr(base, n)]
         guarded_class = type(
             base.__name__,
             (base,),
-            {"collect_rollouts": guarded("collect_rollouts"), "train": guarded("train"), "__module__": base.__module__},
+            {
+                **{n: guarded(n) for n in names},
+                "__module__": base.__module__,
+                _GUARD: True,  # whose it is: _detach unwraps only guards whose callback has ended
+                _ACTIVE: True,
+            },
         )
         model.__class__ = guarded_class
         self._guarded_class = guarded_class
@@ -319,8 +329,15 @@ class MetricbusCallback(BaseCallback):
 
     def _detach(self) -> None:
         model = self.model
-        if self._guarded_class is not None and type(model) is self._guarded_class:
-            model.__class__ = self._guarded_class.__mro__[1]
+        if self._guarded_class is not None:
+            setattr(self._guarded_class, _ACTIVE, False)
+            # Two callbacks on one model stack two guards, and either may end first: peel off
+            # every ended guard from the top, so the last one to end leaves the model's own class.
+            cls = type(model)
+            while cls.__dict__.get(_GUARD) and not cls.__dict__.get(_ACTIVE):
+                cls = cls.__mro__[1]
+            if cls is not type(model):
+                model.__class__ = cls
         self._guarded_class = None
         if self._tap is not None:
             self._tap.remove()

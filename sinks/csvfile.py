@@ -14,6 +14,12 @@ rewritten: the old rows, padded, go to a temporary file next to it, which is fsy
 then ``os.replace``-d over the old one — a reader sees either the old file or the new one,
 never half of either. That costs one pass over the file per new column; new metrics appear
 early in a training, so in practice it happens a few times per file. ``max_columns`` bounds it.
+
+Names come from the wire, so everything per name is bounded: open files (least recently
+written closed first), and columns per file (``max_columns``; a CSV cannot drop a column,
+so names past the bound are not written, counted in ``cells_refused`` and logged at most
+every few seconds). A file that cannot be written is counted and logged; the other files
+of the batch are still written.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import io
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +42,11 @@ from sinks.jsonl_files import relative_path
 log = logging.getLogger("metricbus.csv")
 
 FIXED_COLUMNS: Final = ("step", "ts", "node")
+#: A warning about one file is logged at most this often, with a count.
+_REPORT_INTERVAL: Final = 10.0
+# The csv module refuses to read back a cell over 128 KiB by default, which would make every
+# later header rewrite of that file fail: a string value may be as large as a whole payload.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
 def cell(value: Any) -> Any:
@@ -65,7 +77,8 @@ class _CsvFile:
         self.index: dict[str, int] = {}
         self.written_columns = 0  # how many columns the header on disk has
         self.pending: list[list[Any]] = []
-        self.refused: set[str] = set()
+        self.refused = 0
+        self._reported = -1e9
         self.closed = False
         self.rows_dropped = 0
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,9 +126,7 @@ class _CsvFile:
                 i = index.get(key)
             if i is None:
                 if len(self.columns) >= self.max_columns:
-                    if key not in self.refused:
-                        self.refused.add(key)
-                        log.warning("%s: over %d columns; not writing %r", self.path, self.max_columns, key)
+                    self._refuse(key)
                     continue
                 i = index[key] = len(self.columns)
                 self.columns.append(key)
@@ -123,13 +134,29 @@ class _CsvFile:
             row[i] = value if type(value) is not dict and type(value) is not list else cell(value)
         self.pending.append(row)
 
+    def _refuse(self, key: str) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._reported >= _REPORT_INTERVAL:
+            self._reported = now
+            log.warning(
+                "%s: over %d columns; not writing %r (%d cells refused so far)",
+                self.path, self.max_columns, key[:100], self.refused,
+            )  # fmt: skip
+
     def write(self) -> None:
         if not self.pending and self.written_columns == len(self.columns):
             return
         width = len(self.columns)
         rows = [row + [None] * (width - len(row)) for row in self.pending]
         self.pending.clear()
-        if self.written_columns != width:
+        if self.written_columns == 0 and os.fstat(self.fd).st_size == 0:
+            # A new, empty file has no old rows to keep whole: header and rows are appended,
+            # without the temporary file and fsync a rewrite needs (a flood of new runs would
+            # otherwise pay one fsync per file).
+            self._append(_rows_text([self.columns, *rows]).encode(), len(rows))
+            self.written_columns = width
+        elif self.written_columns != width:
             self._rewrite(rows)
         else:
             self._append(_rows_text(rows).encode(), len(rows))
@@ -163,7 +190,7 @@ class _CsvFile:
                 writer.writerows(new_rows)
                 out.flush()
                 os.fsync(out.fileno())
-        except OSError:
+        except (OSError, csv.Error):
             # the old file is untouched; only this batch's rows are lost
             tmp.unlink(missing_ok=True)
             self.rows_dropped += len(new_rows)
@@ -193,6 +220,9 @@ class CsvSink:
         self.max_columns = max_columns
         self.max_open_files = max(1, max_open_files)
         self.rows_written = 0
+        self.write_errors = 0
+        self.files_closed = 0
+        self._reported = -1e9
         self._files: OrderedDict[Path, _CsvFile] = OrderedDict()
         self._paths: dict[tuple[str, str | None, str], Path] = {}
         self.root.mkdir(parents=True, exist_ok=True)
@@ -211,21 +241,50 @@ class CsvSink:
                 path = paths[source] = self.root / relative_path(message).with_suffix(".csv")
             target = touched.get(path)
             if target is None or target.closed:
-                target = touched[path] = self._open(path)
+                try:
+                    target = touched[path] = self._open(path)
+                except OSError as exc:
+                    self._failed(exc)
+                    continue
             target.add(message)
             self.rows_written += 1
         for target in touched.values():
             if not target.closed:  # one evicted mid-batch wrote its rows when it was closed
-                target.write()
+                self._write(target)
 
     def flush(self) -> None:
         pass  # every batch reaches the OS at its end
 
+    def stats(self) -> dict[str, int]:
+        """Counters and the sizes of the per-name state (logged by the runner when it stops)."""
+        return {
+            "rows_written": self.rows_written,
+            "rows_dropped": sum(t.rows_dropped for t in self._files.values()),
+            "write_errors": self.write_errors,
+            "open_files": len(self._files),
+            "files_closed": self.files_closed,
+            "cells_refused": sum(t.refused for t in self._files.values()),
+        }
+
     def close(self) -> None:
         for target in self._files.values():
-            target.write()
+            self._write(target)
             target.close()
         self._files.clear()
+
+    def _write(self, target: _CsvFile) -> None:
+        """Write one file's rows; a failure is counted and logged, and the other files go on."""
+        try:
+            target.write()
+        except (OSError, csv.Error) as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.write_errors += 1
+        now = time.monotonic()
+        if now - self._reported >= _REPORT_INTERVAL:
+            self._reported = now
+            log.error("csv: %s (%d write errors so far; other files go on)", exc, self.write_errors)
 
     def _open(self, path: Path) -> _CsvFile:
         target = self._files.get(path)
@@ -234,7 +293,8 @@ class CsvSink:
             return target
         if len(self._files) >= self.max_open_files:
             _, oldest = self._files.popitem(last=False)
-            oldest.write()
+            self._write(oldest)
             oldest.close()
+            self.files_closed += 1
         target = self._files[path] = _CsvFile(path, self.max_columns)
         return target

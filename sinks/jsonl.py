@@ -39,6 +39,16 @@ _MAX_ROUTES: Final = 65536
 _RECENT_SECONDS: Final = 3600.0
 #: Descriptors the sink keeps open at most; idle files are closed and reopened on demand.
 _MAX_OPEN: Final = 128
+#: Files remembered (closed ones cost a little memory each); past this, idle ones are forgotten.
+_MAX_FILES: Final = 4096
+#: Errors that say the disk (not this one file) is in trouble: keep the lines, raise the alarm.
+_DISK_ERRORS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+#: Errors no retry can fix for this path (a name the file system refuses): drop its lines.
+_PATH_ERRORS: Final = frozenset(
+    {errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.ELOOP, errno.EEXIST, errno.EROFS}
+)
+#: A failing file is logged at most this often (with a count), not once per batch.
+_REPORT_INTERVAL: Final = 10.0
 
 
 def _value_encoder() -> Callable[[Any], str]:
@@ -101,6 +111,15 @@ def _drop_torn_tail(fd: int) -> int:
     os.ftruncate(fd, new_size)
     log.warning("dropped a torn last line (%d bytes) at the end of a file", size - new_size)
     return new_size
+
+
+def _fsync_and_close(fd: int, path: Path) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        log.warning("fsync of %s failed: %s", path, exc)
+    finally:
+        os.close(fd)
 
 
 class _Syncer:
@@ -173,11 +192,16 @@ class JsonlSink:
         self.lines_written = 0
         self.lines_dropped = 0
         self.write_errors = 0
+        self.files_forgotten = 0
+        self.fsync_skipped = 0
+        self._reported: dict[int, float] = {}  # errno -> when last logged
         self._files: dict[Path, _File] = {}
         #: (kind, run, node, pub) -> (the file, the line's constant head up to ``"seq":``)
         self._routes: dict[tuple[str, str | None, str, str], tuple[_File, str]] = {}
         self._last_fsync = time.monotonic()
         self._dirty_since_fsync: set[_File] = set()
+        #: duplicated descriptors of files closed for lack of use before their fsync was due
+        self._closed_dirty: list[tuple[int, Path]] = []
         self._syncer = _Syncer()
         #: Files with a descriptor, least recently written first (bounded by ``_MAX_OPEN``).
         self._open_files: dict[_File, None] = {}
@@ -216,11 +240,26 @@ class JsonlSink:
         for target in list(self._files.values()):  # lines wait only where a write failed
             if target.lines:
                 self._write(target)
-        due = time.monotonic() - self._last_fsync >= self.fsync_interval and self._dirty_since_fsync
+        due = time.monotonic() - self._last_fsync >= self.fsync_interval and (
+            self._dirty_since_fsync or self._closed_dirty
+        )
         # in the background: a slow disk must not stall the loop (and every line's latency)
-        if due and self._syncer.request([(t.fd, t.path) for t in self._dirty_since_fsync]):
+        if due and self._syncer.request([(t.fd, t.path) for t in self._dirty_since_fsync] + self._closed_dirty):
             self._dirty_since_fsync.clear()
+            self._close_closed_dirty()
             self._last_fsync = time.monotonic()
+
+    def stats(self) -> dict[str, int]:
+        """Counters and the sizes of the per-name state (logged by the runner when it stops)."""
+        return {
+            "lines_written": self.lines_written,
+            "lines_dropped": self.lines_dropped,
+            "write_errors": self.write_errors,
+            "files": len(self._files),
+            "files_forgotten": self.files_forgotten,
+            "fsync_skipped": self.fsync_skipped,
+            "routes": len(self._routes),
+        }
 
     def close(self) -> None:
         self.flush()
@@ -273,8 +312,21 @@ class JsonlSink:
         path = self.root / relative
         target = self._files.get(path)
         if target is None:
+            if len(self._files) >= _MAX_FILES:
+                self._forget_idle_files()
             target = self._files[path] = _File(path)
         return target
+
+    def _forget_idle_files(self) -> None:
+        """Drop closed files with nothing pending: a sink that has seen a million runs keeps few.
+
+        Routes point at files, so they start over too (they are a cache, rebuilt per publisher).
+        """
+        self._routes.clear()
+        idle = [p for p, t in self._files.items() if t.fd < 0 and not t.lines]
+        for path in idle:
+            del self._files[path]
+        self.files_forgotten += len(idle)
 
     def _make_room(self) -> None:
         """Close the least recently written files beyond the bound (they reopen when written).
@@ -288,11 +340,19 @@ class JsonlSink:
             if target.lines:
                 continue  # about to be written in this batch
             if target in self._dirty_since_fsync:
+                # fsync'd with the others on the syncer's next round, not here: a flood of new
+                # runs would otherwise pay one synchronous fsync per file it opens
                 self._dirty_since_fsync.discard(target)
-                try:
-                    os.fsync(target.fd)
-                except OSError as exc:
-                    log.warning("fsync of %s failed: %s", target.path, exc)
+                self._closed_dirty.append((os.dup(target.fd), target.path))
+                if len(self._closed_dirty) > _MAX_OPEN:
+                    if self._syncer.request(self._closed_dirty):
+                        self._close_closed_dirty()
+                    else:
+                        # More new files than the disk syncs (a flood of run ids): an fsync here
+                        # per file would stall every run's lines behind it. Close the oldest
+                        # unsynced (the kernel writes it back within its dirty-writeback time).
+                        os.close(self._closed_dirty.pop(0)[0])
+                        self.fsync_skipped += 1
             os.close(target.fd)
             target.fd = -1
             del self._open_files[target]
@@ -328,14 +388,39 @@ class JsonlSink:
             os.ftruncate(target.fd, target.size)
         self.write_errors += 1
         reason = errno.errorcode.get(error.errno or 0, str(error)) if error else "short write"
+        if error is not None and error.errno not in _DISK_ERRORS:
+            # This file only (a name the file system refuses, a permission): the other files
+            # go on, and the disk alarm stays for the disk.
+            self._file_failed(target, error, reason)
+            return
         target.pending_bytes = len(data)
         while target.pending_bytes > self.max_pending_bytes and target.lines:
             target.pending_bytes -= len(target.lines.pop(0))
             self.lines_dropped += 1
         # Logged and alerted once per streak: retried every batch, it would flood the log.
         self._alarm.failed(str(target.path), reason, len(target.lines), self.lines_dropped)
-        if error is not None and error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-            raise error
+
+    def _file_failed(self, target: _File, error: OSError, reason: str) -> None:
+        if error.errno in _PATH_ERRORS:
+            dropped = len(target.lines)  # no retry can write this path
+            target.lines.clear()
+            target.pending_bytes = 0
+        else:
+            # maybe passing (EMFILE, EACCES fixed by hand): keep a bounded share for a retry
+            target.pending_bytes = sum(map(len, target.lines))
+            dropped = 0
+            while target.pending_bytes > self.max_pending_bytes // 16 and target.lines:
+                target.pending_bytes -= len(target.lines.pop(0))
+                dropped += 1
+        self.lines_dropped += dropped
+        now = time.monotonic()
+        code = error.errno or 0
+        if now - self._reported.get(code, -1e9) >= _REPORT_INTERVAL:
+            self._reported[code] = now
+            log.error(
+                "cannot write %s (%s: %s); %d lines dropped so far, other files go on",
+                str(target.path)[:300], reason, error.strerror, self.lines_dropped,
+            )  # fmt: skip
 
     def _rotate(self, target: _File) -> None:
         os.fsync(target.fd)
@@ -350,7 +435,15 @@ class JsonlSink:
         target.open()
         self._open_files[target] = None
 
+    def _close_closed_dirty(self) -> None:
+        for fd, _ in self._closed_dirty:
+            os.close(fd)  # the syncer works on duplicates of its own
+        self._closed_dirty.clear()
+
     def _fsync(self) -> None:
+        for fd, path in self._closed_dirty:
+            _fsync_and_close(fd, path)
+        self._closed_dirty.clear()
         for target in self._dirty_since_fsync:
             try:
                 os.fsync(target.fd)

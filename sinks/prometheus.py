@@ -14,6 +14,11 @@ Cardinality is bounded, because every series costs Prometheus memory for weeks: 
 counted in ``metricbus_sink_evicted_series_total``; ``metricbus_sink_series`` is the current
 number. A gauge per run, ``<prefix>step``, holds the latest step.
 
+A metric whose name would sanitise to one of the sink's own families (``<prefix>sink_series``,
+``<prefix>sink_evicted_series``…) gets ``_metric`` appended, so an exposition never holds two
+``# TYPE`` lines for one name. The memo of sanitised names is bounded too (it starts over
+when full; ``names_evicted`` counts what it forgot).
+
 prometheus_client is imported in ``__init__`` so a JSONL-only config never imports it.
 """
 
@@ -31,6 +36,11 @@ from sinks._scalars import check_kinds, numeric
 _INVALID: Final = re.compile(r"[^a-zA-Z0-9_]")
 _KIND_PART: Final = {"metrics": "", "episode": "episode_", "system": "system_", "alert": "alert_", "event": "event_"}
 
+#: Sanitised names memoised before the memo starts over (distinct names come from the wire).
+_MAX_NAMES: Final = 10_000
+#: The sink's own families, after the prefix (a counter also exposes _total and _created).
+_OWN: Final = ("sink_series", "sink_evicted_series", "sink_evicted_series_total", "sink_evicted_series_created")
+
 #: (metric name, run label, node label)
 SeriesKey = tuple[str, str, str]
 
@@ -39,7 +49,10 @@ def metric_name(prefix: str, kind: str, key: str) -> str:
     """The Prometheus metric name for ``key`` of a ``kind`` message."""
     name = _INVALID.sub("_", prefix + _KIND_PART.get(kind, kind + "_") + key)
     name = re.sub(r"__+", "_", name)
-    return name if not name[0].isdigit() else "_" + name
+    name = name if not name[0].isdigit() else "_" + name
+    if name.startswith(prefix) and name[len(prefix) :] in _OWN:
+        name += "_metric"  # never one of our own families: that would be two # TYPE lines
+    return name
 
 
 class _LatestValues:
@@ -111,6 +124,7 @@ class PrometheusSink:
         self._gauge = GaugeMetricFamily
         self._counter = CounterMetricFamily
         self._names: dict[tuple[str, str], str] = {}  # (kind, key) -> sanitised name, memoised
+        self.names_evicted = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
@@ -135,6 +149,9 @@ class PrometheusSink:
                         continue
                     name = names.get((kind, key))
                     if name is None:
+                        if len(names) >= _MAX_NAMES:
+                            self.names_evicted += len(names)
+                            names.clear()  # a memo: starting over costs only re-sanitising
                         name = names[(kind, key)] = metric_name(self.prefix, kind, key)
                     values.append((name, value))
                 run = message.run if message.run is not None and kind != "system" else ""
@@ -145,6 +162,16 @@ class PrometheusSink:
 
     def flush(self) -> None:
         pass  # scrapes read the latest values directly
+
+    def stats(self) -> dict[str, int]:
+        """Sizes and evictions of the per-name state (logged by the runner when it stops)."""
+        return {
+            "series": len(self.values.series),
+            "runs": len(self.values.runs),
+            "series_evicted": self.values.evicted,
+            "names": len(self._names),
+            "names_evicted": self.names_evicted,
+        }
 
     def close(self) -> None:
         self._server.shutdown()

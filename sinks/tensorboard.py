@@ -15,16 +15,23 @@ times cheaper than one ``add_scalar`` call per value.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bus.bounded import Recent
 from bus.message import Message
 from sinks._scalars import check_kinds, numeric
 from sinks.jsonl_files import NODES_DIR, safe_name
+
+log = logging.getLogger("metricbus.tensorboard")
+#: A failing message is logged at most this often, with a count.
+_REPORT_INTERVAL = 10.0
 
 #: Tag prefix per kind; metrics and system names already carry their own prefixes.
 _TAG_PREFIX = {"metrics": "", "episode": "episode/", "system": "", "alert": "alert/", "event": "event/"}
@@ -50,11 +57,13 @@ class TensorBoardSink:
         self.max_open_writers = max(1, max_open_writers)
         self.flush_secs = flush_secs
         self.scalars_written = 0
+        self.messages_failed = 0
+        self._reported = -1e9
         # LRU of open writers: each holds a file and a thread, so a bus with hundreds of runs
         # keeps only the recently active ones open; a reopened run gets a new event file in
         # the same directory, which TensorBoard reads together with the old one.
         self._writers: OrderedDict[Path, Any] = OrderedDict()
-        self._last_step: dict[Path, int] = {}
+        self._last_step: Recent[Path, int] = Recent(16 * self.max_open_writers)
         self._opened = 0
         self._directories: dict[tuple[str | None, str], Path] = {}
         self.logdir.mkdir(parents=True, exist_ok=True)
@@ -72,13 +81,37 @@ class TensorBoardSink:
                     values.append(Value(tag=prefix + key, simple_value=value))
             if not values:
                 continue
-            where = self._directory(message)
-            # A message without a step (a node's system sample) is drawn at the last step seen
-            # in that directory, so TensorBoard's step axis stays monotone.
-            step = message.step if message.step is not None else self._last_step.get(where, 0)
-            self._last_step[where] = step
-            self._writer(where).add_summary(self._summary(value=values), step, message.ts)
-            self.scalars_written += len(values)
+            try:
+                self._write(message, values)
+            except Exception as exc:  # one message must not cost the rest of the batch (other runs)
+                self._failed(exc)
+
+    def _write(self, message: Message, values: list[Any]) -> None:
+        where = self._directory(message)
+        # A message without a step (a node's system sample) is drawn at the last step seen
+        # in that directory, so TensorBoard's step axis stays monotone.
+        step = message.step if message.step is not None else self._last_step.get(where) or 0
+        self._last_step.put(where, step)
+        self._writer(where).add_summary(self._summary(value=values), step, message.ts)
+        self.scalars_written += len(values)
+
+    def _failed(self, exc: Exception) -> None:
+        self.messages_failed += 1
+        now = time.monotonic()
+        if now - self._reported >= _REPORT_INTERVAL:
+            self._reported = now
+            log.error(
+                "tensorboard: a message failed (%s: %s); %d so far", type(exc).__name__, exc, self.messages_failed
+            )
+
+    def stats(self) -> dict[str, int]:
+        """Counters and the sizes of the per-name state (logged by the runner when it stops)."""
+        return {
+            "scalars_written": self.scalars_written,
+            "messages_failed": self.messages_failed,
+            "open_writers": len(self._writers),
+            "directories": len(self._directories),
+        }
 
     def flush(self) -> None:
         for writer in self._writers.values():

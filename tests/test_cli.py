@@ -143,21 +143,25 @@ def test_sink_command_refuses_an_unknown_sink_name(tmp_path: Path) -> None:
     assert "no sink 'nope'" in result.stderr and "files" in result.stderr
 
 
-def test_up_fails_at_once_when_a_sink_cannot_start(tmp_path: Path) -> None:
-    """A sink whose constructor fails makes `up` exit non-zero, naming the sink, and stop the broker."""
+def test_up_runs_the_rest_when_a_sink_cannot_start_and_retries_it(tmp_path: Path) -> None:
+    """A sink whose constructor fails is named and retried with back-off; the other sinks run and write."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "broker": {"frontend": f"tcp://127.0.0.1:{free_port()}", "backend": f"tcp://127.0.0.1:{free_port()}"},
-                "sinks": {"bad": {"type": "jsonl", "root": str(blocker / "logs")}},  # under a file: cannot mkdir
-                "sampler": {"enabled": False},
-            }
-        )
-    )
-    result = bus_command("up", str(config), timeout=120)
-    assert result.returncode != 0
-    assert "sink bad failed to start" in result.stdout
-    assert "stopped" in result.stdout
+    sinks = {
+        "bad": {"type": "jsonl", "root": str(blocker / "logs")},  # under a file: cannot mkdir
+        "good": {"type": "jsonl", "root": str(tmp_path / "logs")},
+    }
+    stack = Stack(tmp_path, sinks=sinks).start()
+    frontend = stack.frontend
+    try:
+        assert "sink bad failed to start" in stack.stdout()
+        wait_until(lambda: "restarting sink bad (restart #2)" in stack.stdout(), 30, "a second retry of the bad sink")
+
+        def written() -> bool:
+            with Publisher(frontend, run="still-runs") as pub:
+                pub.metrics({"x": 1.0}, step=0)
+            return bool(list(read_records(tmp_path / "logs" / "still-runs", ["metrics"])))
+
+        wait_until(written, 30, "the good sink to write", interval=0.2)
+    finally:
+        assert stack.stop() == 0

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from sinks.dashboard.charts import ChartSpec, Painter, View, chart_specs, compile_filter
+from sinks.dashboard.charts import ChartSpec, Painter, View, chart_specs, compile_filter, warm_search
 from sinks.dashboard.figures import SECTIONS, X_MODES, colour
 from sinks.dashboard.panels import age_text, alert_table, attrs, run_table, valid_regex
 from sinks.dashboard.store import Store
@@ -258,6 +258,7 @@ def build_app(
         from dash import dcc
 
         view = view_of(runs, run_filter, search, 0.0, "step")
+        warm_search(store, view)  # the regex runs outside the store's lock
         with store.lock:
             specs = chart_specs(store, view)
         bad = "" if not run_filter or valid_regex(run_filter) else "bad-regex"
@@ -331,6 +332,7 @@ def build_app(
         extends: list[Any] = []
         redrawn: dict[str, Any] = {}
         moved: dict[tuple[str, str], list[float]] = {}
+        warm_search(store, view)  # the regex runs outside the store's lock
         with store.lock:
             specs = {s.id: s for s in chart_specs(store, view)}
             painter = Painter(store, view, draw_points, webgl_points)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 
+from bus.bounded import Recent
 from sinks.dashboard import downsample
 from sinks.dashboard.figures import (
     EPISODE_WINDOW,
@@ -74,14 +76,49 @@ class View:
         return [list(self.runs), self.smoothing, self.x_mode]
 
 
+#: A metric search longer than this is cut (a pattern is typed, not pasted).
+MAX_SEARCH_CHARS: Final = 200
+#: (pattern, metric name) -> whether it matches: see warm_search.
+_MATCHES: Recent[tuple[str, str], bool] = Recent(50_000)
+_MATCHES_LOCK = threading.Lock()
+
+
 def compile_filter(text: str | None) -> re.Pattern[str] | None:
     """The regex in ``text``; an invalid one matches as a plain substring."""
     if not text:
         return None
+    text = text[:MAX_SEARCH_CHARS]
     try:
         return re.compile(text)
     except re.error:
         return re.compile(re.escape(text))
+
+
+def _matches(pattern: re.Pattern[str], metric: str) -> bool:
+    key = (pattern.pattern, metric)
+    with _MATCHES_LOCK:
+        hit = _MATCHES.get(key)
+    if hit is None:
+        hit = pattern.search(metric) is not None
+        with _MATCHES_LOCK:
+            _MATCHES.put(key, hit)
+    return hit
+
+
+def warm_search(store: Store, view: View) -> None:
+    """Match the view's metric search against every name *before* the caller takes the store's lock.
+
+    A pattern that backtracks badly (``(a+)+$``) then stalls only the page that typed it, not
+    the sink filling the store nor other viewers; chart_specs, under the lock, finds the
+    answers memoised (only a name that arrived in between is matched there).
+    """
+    pattern = compile_filter(view.search)
+    if pattern is None:
+        return
+    with store.lock:
+        names = {m for table in (store.runs, store.nodes) for d in table.values() for m in d.series}
+    for name in names:
+        _matches(pattern, name)
 
 
 def chart_specs(store: Store, view: View) -> list[ChartSpec]:
@@ -94,7 +131,7 @@ def chart_specs(store: Store, view: View) -> list[ChartSpec]:
     specs: list[ChartSpec] = []
     per_section: dict[str, int] = {}
     for metric in sorted(metrics):
-        if search is not None and not search.search(metric):
+        if search is not None and not _matches(search, metric):
             continue
         section = section_of(metric)
         per_section[section] = per_section.get(section, 0) + 1
@@ -106,7 +143,7 @@ def chart_specs(store: Store, view: View) -> list[ChartSpec]:
         data = store.nodes[node]
         families: dict[str, list[str]] = {}
         for metric in sorted(data.series):
-            if search is None or search.search(metric):
+            if search is None or _matches(search, metric):
                 families.setdefault(node_family(metric), []).append(metric)
         for family, members in families.items():
             refs = tuple(

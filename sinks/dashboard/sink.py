@@ -30,6 +30,8 @@ log = logging.getLogger("metricbus.dashboard")
 #: sink writes on its flush interval, so what was sent just before we subscribed lands late.
 CATCH_UP_DELAY: Final = 2.0
 _CHUNK: Final = 5000
+#: History loads waiting; a flood of new sources past this is not loaded (counted).
+_MAX_QUEUE: Final = 10_000
 
 
 class HistoryLoader:
@@ -44,6 +46,7 @@ class HistoryLoader:
         self._cond = threading.Condition()
         self._stop = False
         self.loaded = 0
+        self.refused = 0
         self._thread = threading.Thread(target=self._loop, name="dashboard-history", daemon=True)
         if root is not None:
             self._thread.start()
@@ -52,6 +55,9 @@ class HistoryLoader:
         if self.root is None:
             return
         with self._cond:
+            if len(self._queue) >= _MAX_QUEUE:
+                self.refused += 1  # a flood of new names: their history is not worth unbounded memory
+                return
             heapq.heappush(self._queue, (time.monotonic() + delay, next(self._order), source))
             self._cond.notify()
 

@@ -11,6 +11,8 @@ dashboard also receives live, or the dashboard may have missed messages sent bef
 subscribed. Per (source, kind, publisher) the store remembers the highest ``seq`` taken
 from files and the first ``seq`` seen live, and takes each message once (a publisher's
 ``seq`` rises within one file, so this costs two integers per publisher, not a set).
+Publisher ids come from the wire, so that memory is bounded too (least recently seen
+forgotten first), as is the per-publisher drop count behind the header.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from bus.bounded import Recent
 from bus.message import Message
 from sinks.dashboard.series import Series
 from sinks.jsonl_files import message_of, node_dir, read_records, run_dir
@@ -39,6 +42,10 @@ NODE: Final = "node"
 EPISODE_PREFIX: Final = "episode/"
 SEVERITY_ORDER: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 FINISHED: Final = frozenset({"completed", "failed", "interrupted"})
+#: Publishers whose drop counts are kept, and (kind, publisher) entries remembered per source
+#: for de-duplication: least recently seen forgotten first.
+MAX_PUBLISHERS: Final = 20_000
+MAX_PUBLISHERS_PER_SOURCE: Final = 256
 
 
 @dataclass
@@ -71,7 +78,9 @@ class BusHealth:
     gaps: int = 0
     missing: int = 0
     undecodable: int = 0
-    dropped_by_pub: dict[str, int] = field(default_factory=dict)
+    dropped_by_pub: Recent[str, int] = field(default_factory=lambda: Recent(MAX_PUBLISHERS))
+    #: drops of publishers no longer in ``dropped_by_pub`` (kept in the total)
+    dropped_forgotten: int = 0
     broker: dict[str, Any] = field(default_factory=dict)
     _per_second: collections.deque[tuple[int, int]] = field(default_factory=lambda: collections.deque(maxlen=16))
 
@@ -92,7 +101,13 @@ class BusHealth:
 
     @property
     def dropped(self) -> int:
-        return sum(self.dropped_by_pub.values())
+        return sum(self.dropped_by_pub.values()) + self.dropped_forgotten
+
+    def __post_init__(self) -> None:
+        self.dropped_by_pub.on_evict = self._forget
+
+    def _forget(self, _pub: str, dropped: int) -> None:
+        self.dropped_forgotten += dropped
 
 
 @dataclass
@@ -179,7 +194,8 @@ class Store:
         self.health = BusHealth()
         #: Bumped when what the page lays out changes: a run, node or series appears or goes.
         self.version = 0
-        self._seen: dict[tuple[Source, str, str], _Seen] = {}
+        # per source, then per (kind, publisher): a source's entries go with it in one step
+        self._seen: Recent[Source, Recent[tuple[str, str], _Seen]] = Recent(4 * (max_runs + max_nodes))
         self._colours = 0
         self._live_sources: set[Source] = set()
 
@@ -244,10 +260,13 @@ class Store:
         return taken
 
     def _seen_for(self, source: Source, message: Message) -> _Seen:
-        key = (source, message.kind, message.pub)
-        seen = self._seen.get(key)
+        by_pub = self._seen.get(source)
+        if by_pub is None:
+            by_pub = self._seen.put(source, Recent(MAX_PUBLISHERS_PER_SOURCE))
+        key = (message.kind, message.pub)
+        seen = by_pub.get(key)
         if seen is None:
-            seen = self._seen[key] = _Seen()
+            seen = by_pub.put(key, _Seen())
         return seen
 
     def _data(self, source: Source) -> SourceData | None:
@@ -259,7 +278,7 @@ class Store:
                 victim = min(table.values(), key=lambda d: (d.status == "running", d.last_ts))
                 del table[victim.name]
                 self._live_sources.discard((scope, victim.name))
-                self._seen = {k: v for k, v in self._seen.items() if k[0] != (scope, victim.name)}
+                self._seen.pop((scope, victim.name))
             data = table[name] = SourceData(name, self._colours)
             self._colours += 1
             self.version += 1
@@ -328,7 +347,7 @@ class Store:
         elif event == "heartbeat":
             dropped = message.data.get("dropped")
             if isinstance(dropped, int):
-                self.health.dropped_by_pub[message.pub] = dropped
+                self.health.dropped_by_pub.put(message.pub, dropped)
         if data.status != before:
             self.version += 1
 
