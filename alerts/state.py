@@ -155,7 +155,7 @@ def restore_alerts(root: Path, stats: RestoreStats | None = None) -> dict[Series
                 continue
             stats.records += 1
             data = record["data"]
-            key = (data["rule"], data.get("source") or _record_source(record), data.get("metric"))
+            key = (data["rule"], str(data.get("source") or _record_source(record)), data.get("metric"))
             if key not in last or record["ts"] >= last[key]["ts"]:
                 last[key] = record
     return last

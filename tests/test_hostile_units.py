@@ -67,10 +67,10 @@ def test_seq_tracker_is_bounded_and_does_not_count_an_absurd_jump_as_lost() -> N
 def _forged_alert_file(root: Path) -> None:
     run = root / "victim"
     run.mkdir(parents=True)
-    good = {"v": 1, "kind": "alert", "run": "victim", "node": "n", "pub": "p", "seq": 0, "ts": 1.0e9, "step": None,
-            "data": {"rule": "nan", "state": "firing", "metric": "train/loss", "source": "victim", "since": 1.0e9}}  # fmt: skip
-    data = {**good["data"], "metric": ["a", "list"], "rule": "other"}  # type: ignore[dict-item]
-    forged = {**good, "seq": 1, "data": data}
+    data = {"rule": "nan", "state": "firing", "metric": "train/loss", "source": "victim", "since": 1.0e9}
+    good = {"v": 1, "kind": "alert", "run": "victim", "node": "n", "pub": "p", "seq": 0, "ts": 1.0e9, "step": None}
+    good["data"] = data
+    forged = {**good, "seq": 1, "data": {**data, "metric": ["a", "list"], "rule": "other"}}
     far = {**good, "seq": 2, "ts": 1e20}
     (run / "alerts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (good, forged, far)))
 
