@@ -59,6 +59,9 @@ class Broker:
         # ZAP runs in the sockets' own context, and before any bind: a CURVE socket with no
         # handler in its context would let every key in.
         self._authenticator = curve.gate if curve is not None else None
+        #: CURVE handshakes that failed before any key was shown (a client speaking no CURVE)
+        self.handshake_failed = 0
+        self._monitors: list[zmq.Socket[Any]] = []
         if self._authenticator is not None:
             self._authenticator.start(self._context)
         self._control_url = f"inproc://broker-control-{id(self)}"
@@ -110,7 +113,21 @@ class Broker:
         self._thread.join(timeout=_STOP_DEADLINE)
         self._close()
 
+    def handshake_failures(self) -> int:
+        """Count the handshake failures reported since the last call; returns the total.
+
+        The KeyGate counts the keys it refuses; a plain client never gets that far (its
+        mechanism does not match), so only the sockets' own monitor events show it.
+        """
+        for monitor in self._monitors:
+            while monitor.poll(0, zmq.POLLIN):
+                monitor.recv_multipart()
+                self.handshake_failed += 1
+        return self.handshake_failed
+
     def _close(self) -> None:
+        for monitor in self._monitors:
+            monitor.close(linger=0)
         self._control.close(linger=0)
         if self._authenticator is not None:
             self._authenticator.stop()
@@ -136,6 +153,10 @@ class Broker:
             frontend.bind(cfg.frontend)
             backend.bind(cfg.backend)
             control.connect(self._control_url)
+            if self.curve is not None:
+                # read by the main thread (handshake_failures) only; handed over before _bound is set
+                events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                self._monitors = [sock.get_monitor_socket(events) for sock in (frontend, backend)]
         except zmq.ZMQError as exc:
             self._error = RuntimeError(f"broker cannot bind {cfg.frontend} / {cfg.backend}: {exc}")
             for sock in (frontend, backend, control):
@@ -205,7 +226,7 @@ def run_broker(
         while not stop.wait(config.stats_interval):
             stats = broker.stats()
             if stats is not None:
-                extra = curve.gate.counts() if curve is not None else {}
+                extra = {**curve.gate.counts(), "handshake_failed": broker.handshake_failures()} if curve else {}
                 publisher.publish("bus", {"event": "broker_stats", **stats.__dict__, **extra})
     finally:
         if publisher is not None:

@@ -224,3 +224,27 @@ def test_a_curve_key_replaced_by_overwriting_its_file_is_noticed(tmp_path: Path)
         f.write(data)
         f.truncate(len(data))
     assert gate.callback("*", second) and not gate.callback("*", first)
+
+
+def test_a_plain_client_refused_by_a_curve_broker_is_counted(tmp_path: Path) -> None:
+    """A client that speaks no CURVE fails its handshake before any key check; the broker counts it."""
+    from bus.broker import Broker
+    from bus.config import BrokerConfig
+    from bus.curve import CurveKeys
+    from bus.security import BrokerCurve
+    from bus.testing import free_port
+
+    public, secret = zmq.curve_keypair()
+    (tmp_path / "authorized").mkdir()
+    config = BrokerConfig(frontend=f"tcp://127.0.0.1:{free_port()}", backend=f"tcp://127.0.0.1:{free_port()}")
+    broker = Broker(config, BrokerCurve(CurveKeys(secret, public), KeyGate(str(tmp_path / "authorized"), public)))
+    broker.start()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    plain = context.socket(zmq.PUB)
+    try:
+        plain.connect(config.frontend)
+        wait_until(lambda: broker.handshake_failures() >= 1, 20, "the plain client's failed handshake")
+    finally:
+        plain.close(linger=0)
+        context.term()
+        broker.stop()
