@@ -266,14 +266,16 @@ class NotifierWorker:
 
     def _run(self) -> None:
         while True:
-            self._retry_due()
-            timeout = None
-            if self._retries:
-                timeout = max(0.0, self._retries[0][0] - time.monotonic())
             try:
-                alert = self._queue.get(timeout=timeout)
+                alert = self._queue.get_nowait()  # new alerts first: a retry never delays one
             except queue.Empty:
-                continue  # a retry is due
+                if self._retry_one():
+                    continue
+                timeout = max(0.0, self._retries[0][0] - time.monotonic()) if self._retries else None
+                try:
+                    alert = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    continue  # a retry is due
             try:
                 if alert is None:
                     self._give_up_retries()
@@ -282,13 +284,16 @@ class NotifierWorker:
             finally:
                 self._queue.task_done()
 
-    def _retry_due(self) -> None:
-        now = time.monotonic()
-        while self._retries and self._retries[0][0] <= now and not self._stop.is_set():
-            _, _, attempts, alert = heapq.heappop(self._retries)
-            self._attempt(alert, attempts)
+    def _retry_one(self) -> bool:
+        """Try the retry that is due first, if one is; True if one was tried."""
         if self._stop.is_set():
             self._give_up_retries()
+            return False
+        if not self._retries or self._retries[0][0] > time.monotonic():
+            return False
+        _, _, attempts, alert = heapq.heappop(self._retries)
+        self._attempt(alert, attempts)
+        return True
 
     def _attempt(self, alert: Alert, attempts: int) -> None:
         try:

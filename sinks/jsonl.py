@@ -39,6 +39,8 @@ _MAX_ROUTES: Final = 65536
 _RECENT_SECONDS: Final = 3600.0
 #: Descriptors the sink keeps open at most; idle files are closed and reopened on demand.
 _MAX_OPEN: Final = 128
+#: Closed files waiting for the fsync thread; past this they are handed over at once.
+_MAX_CLOSED_DIRTY: Final = 1024
 #: Files remembered (closed ones cost a little memory each); past this, idle ones are forgotten.
 _MAX_FILES: Final = 4096
 #: Errors that say the disk (not this one file) is in trouble: keep the lines, raise the alarm.
@@ -140,7 +142,8 @@ class _Syncer:
         with self._cond:
             if self._busy or self._work is not None or self._closing:
                 return False
-            self._work = [(os.dup(fd), path) for fd, path in files]
+            # fd -1: a file closed since it was written; the thread opens it by path to sync it
+            self._work = [(os.dup(fd) if fd >= 0 else -1, path) for fd, path in files]
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="jsonl-fsync", daemon=True)
                 self._thread.start()
@@ -165,11 +168,14 @@ class _Syncer:
                 self._busy = True
             for fd, path in work:
                 try:
-                    os.fsync(fd)
+                    if fd < 0:
+                        fd = os.open(path, os.O_RDONLY)
+                    os.fsync(fd)  # a descriptor of the same file syncs its data, whoever wrote it
                 except OSError as exc:
                     log.warning("fsync of %s failed: %s", path, exc)
                 finally:
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
             with self._cond:
                 self._busy = False
 
@@ -200,7 +206,7 @@ class JsonlSink:
         self._routes: dict[tuple[str, str | None, str, str], tuple[_File, str]] = {}
         self._last_fsync = time.monotonic()
         self._dirty_since_fsync: set[_File] = set()
-        #: duplicated descriptors of files closed for lack of use before their fsync was due
+        #: files closed for lack of use before their fsync was due (the fsync thread reopens them)
         self._closed_dirty: list[tuple[int, Path]] = []
         self._syncer = _Syncer()
         #: Files with a descriptor, least recently written first (bounded by ``_MAX_OPEN``).
@@ -246,7 +252,7 @@ class JsonlSink:
         # in the background: a slow disk must not stall the loop (and every line's latency)
         if due and self._syncer.request([(t.fd, t.path) for t in self._dirty_since_fsync] + self._closed_dirty):
             self._dirty_since_fsync.clear()
-            self._close_closed_dirty()
+            self._closed_dirty.clear()
             self._last_fsync = time.monotonic()
 
     def stats(self) -> dict[str, int]:
@@ -343,15 +349,15 @@ class JsonlSink:
                 # fsync'd with the others on the syncer's next round, not here: a flood of new
                 # runs would otherwise pay one synchronous fsync per file it opens
                 self._dirty_since_fsync.discard(target)
-                self._closed_dirty.append((os.dup(target.fd), target.path))
-                if len(self._closed_dirty) > _MAX_OPEN:
+                self._closed_dirty.append((-1, target.path))
+                if len(self._closed_dirty) > _MAX_CLOSED_DIRTY:
                     if self._syncer.request(self._closed_dirty):
-                        self._close_closed_dirty()
+                        self._closed_dirty.clear()
                     else:
                         # More new files than the disk syncs (a flood of run ids): an fsync here
-                        # per file would stall every run's lines behind it. Close the oldest
-                        # unsynced (the kernel writes it back within its dirty-writeback time).
-                        os.close(self._closed_dirty.pop(0)[0])
+                        # per file would stall every run's lines behind it. Forget the oldest
+                        # (the kernel writes it back within its dirty-writeback time).
+                        self._closed_dirty.pop(0)
                         self.fsync_skipped += 1
             os.close(target.fd)
             target.fd = -1
@@ -435,14 +441,12 @@ class JsonlSink:
         target.open()
         self._open_files[target] = None
 
-    def _close_closed_dirty(self) -> None:
-        for fd, _ in self._closed_dirty:
-            os.close(fd)  # the syncer works on duplicates of its own
-        self._closed_dirty.clear()
-
     def _fsync(self) -> None:
-        for fd, path in self._closed_dirty:
-            _fsync_and_close(fd, path)
+        for _, path in self._closed_dirty:
+            try:
+                _fsync_and_close(os.open(path, os.O_RDONLY), path)
+            except OSError as exc:
+                log.warning("fsync of %s failed: %s", path, exc)
         self._closed_dirty.clear()
         for target in self._dirty_since_fsync:
             try:
