@@ -8,6 +8,7 @@ single :class:`DecodeError` for anything that is not exactly this format.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -138,8 +139,6 @@ def check_node(node: str) -> str:
 
 def default_node() -> str:
     """This host's name as a node name: the hostname with what the pattern refuses replaced."""
-    import socket
-
     name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:128]
     return name if NAME_PATTERN.fullmatch(name) else f"n{name}"[:128]
 

@@ -97,7 +97,7 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_messages)
 def test_every_valid_message_decodes_back_to_itself(message: Message) -> None:
     """encode then decode gives the same message back, for anything the schema allows."""
@@ -106,7 +106,7 @@ def test_every_valid_message_decodes_back_to_itself(message: Message) -> None:
 
 
 @settings(
-    max_examples=200,
+    max_examples=120,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
