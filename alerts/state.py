@@ -130,7 +130,7 @@ def valid_alert(record: dict[str, Any]) -> bool:
         and type(data.get("state")) is str
         and _number(record.get("ts"))
         and (data.get("since") is None or _number(data["since"]))
-        and (step is None or (type(step) is int and 0 <= step < 2**63))
+        and (step is None or (type(step) is int and -(2**63) <= step < 2**63))
         and _scalar(data.get("value"))
         and _scalar(data.get("threshold"))
     )

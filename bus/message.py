@@ -28,7 +28,7 @@ MAX_KEY_CHARS: Final = 256
 #: ``ts`` is seconds since the epoch before 2**33 (year 2242): every datetime and
 #: nanosecond-int64 conversion downstream (pandas, Plotly, TensorBoard) holds it.
 MAX_TS: Final = float(2**33)
-#: ``seq`` and ``step`` fit a signed 64-bit int (TensorBoard, DuckDB, numpy columns).
+#: ``seq`` (never negative) and ``step`` fit a signed 64-bit int (TensorBoard, DuckDB, numpy columns).
 MAX_INT64: Final = 2**63 - 1
 #: Default cap on one payload. ZeroMQ's own MAXMSGSIZE is set from the same number.
 MAX_PAYLOAD_BYTES: Final = 1 << 20
@@ -307,8 +307,8 @@ def _from_map(obj: dict[str, Any], topic: bytes) -> Message:
         ts = float(ts)
     if not 0.0 <= ts < MAX_TS:  # also NaN (every comparison with NaN is False)
         raise _fail(topic, f"'ts' must be seconds since the epoch in [0, 2**33), got {ts!r}")
-    if step is not None and (type(step) is not int or not 0 <= step <= MAX_INT64):
-        raise _fail(topic, f"'step' must be nil or an int in 0..2**63-1, got {_short(step)}")
+    if step is not None and (type(step) is not int or not -MAX_INT64 - 1 <= step <= MAX_INT64):
+        raise _fail(topic, f"'step' must be nil or a 64-bit signed int, got {_short(step)}")
     if type(data) is not dict:
         raise _fail(topic, f"'data' must be a map, got {type(data).__name__}")
     for key, item in data.items():

@@ -54,7 +54,7 @@ _messages = st.builds(
     pub=st.text(min_size=1, max_size=40).filter(str.isprintable),
     seq=st.integers(min_value=0, max_value=MAX_INT64),
     ts=st.one_of(st.floats(min_value=0.0, max_value=MAX_TS, exclude_max=True), st.just(0.0)),
-    step=st.one_of(st.none(), st.integers(min_value=0, max_value=MAX_INT64)),
+    step=st.one_of(st.none(), st.integers(min_value=-MAX_INT64 - 1, max_value=MAX_INT64)),
     data=st.dictionaries(_keys, _values, max_size=6),
 )
 
