@@ -27,8 +27,11 @@ from bus.publisher import Publisher
 
 SINKS = ("jsonl", "alerts", "csv", "prometheus", "dashboard")
 #: How much a sink's resident memory may grow over the whole suite (floods of 20,000 runs,
-#: 200,000 publisher ids and 30,000 metric names included). Unbounded state grew by 150-350 MB.
-RSS_GROWTH_BOUND = 120 * 1024 * 1024
+#: 200,000 publisher ids and 30,000 metric names included). Measured: jsonl 109 MiB, dashboard
+#: 87, alerts 67, prometheus 15, csv 14, mostly the flood queued in ZeroMQ while the sink caught
+#: up and kept by the allocator afterwards; the filled bounds are a few MiB each. Unbounded
+#: state grew without limit (the issue measured 150-350 MB per sink for such floods).
+RSS_GROWTH_BOUND = 150 * 1024 * 1024
 #: The command notifier appends "rule state run" for every alert it is handed.
 NOTE_SCRIPT = (
     "import os, sys\n"
@@ -287,4 +290,5 @@ def test_the_training_beside_the_attacks_is_on_disk_in_full_and_every_sink_staye
     )
     assert sorted(r["step"] for r in rows) == list(range(training.sent))
     grown = {name: rss - suite.baseline[name] for name, rss in suite.rss().items()}
+    print("RSS growth over the suite, MiB:", {name: round(g / 2**20, 1) for name, g in grown.items()})
     assert all(growth < RSS_GROWTH_BOUND for growth in grown.values()), json.dumps(grown)
