@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import sys
 import time
 import uuid
@@ -30,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bus.message import check_run_id
+from bus.message import check_run_id, default_node
 from bus.publisher import Publisher
 
 log = logging.getLogger("metricbus.distributed")
@@ -55,7 +54,7 @@ class RankInfo:
 
 def discover(node: str | None = None) -> RankInfo:
     """This process's rank and world size: ``torch.distributed`` if initialised, else torchrun's variables."""
-    host = node or socket.gethostname()
+    host = node or default_node()  # the hostname as the wire's node rule allows it
     local_rank = _env_int("LOCAL_RANK", 0)
     dist = _torch_distributed()
     if dist is not None:
