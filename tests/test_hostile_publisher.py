@@ -27,12 +27,11 @@ from bus.publisher import Publisher
 
 SINKS = ("jsonl", "alerts", "csv", "prometheus", "dashboard")
 #: How much a sink's resident memory may grow over the whole suite (floods of 20,000 runs,
-#: 200,000 publisher ids and 30,000 metric names included). Measured: jsonl 109 MiB, dashboard
-#: 87, alerts 67, prometheus 15, csv 14: the bounded maps filled (jsonl's route cache and seq
-#: tracker take ~36 MiB of it in-process) plus the flood queued in ZeroMQ while the sink caught
-#: up, which the allocator keeps. Unbounded state grew without limit (the issue measured
-#: 150-350 MB per sink for such floods).
-RSS_GROWTH_BOUND = 150 * 1024 * 1024
+#: 200,000 publisher ids and 30,000 metric names included). Measured on the shared 2-core
+#: machine: jsonl 50-52 MiB, csv 28-47, dashboard 38-43, alerts 19-23, prometheus 14-15; the
+#: bounded maps filled, and what the allocator keeps. Before the bounds, the same floods grew
+#: the dashboard by about 160 MB and prometheus, csv and the alert engine without limit.
+RSS_GROWTH_BOUND = 100 * 1024 * 1024
 #: The command notifier appends "rule state run" for every alert it is handed.
 NOTE_SCRIPT = (
     "import os, sys\n"
@@ -248,9 +247,11 @@ def test_a_huge_string_then_a_new_column_loses_no_csv_row(suite: Suite) -> None:
 def test_20000_run_ids_do_not_blind_the_alert_engine(suite: Suite) -> None:
     """After 20,000 new run ids (10x the engine's series bound), a later run's NaN loss still fires and notifies."""
     stack = suite.stack
-    for i in range(20_000):
-        suite.forge(run=f"flood-{i}", seq=i, data={"train/loss": 1.0, "train/value_loss": 2.0})
-    wait_until(lambda: (stack.root / "flood-19999").is_dir(), 60, "the flood to reach the disk")
+    for chunk in range(0, 20_000, 5_000):  # in chunks, as below
+        for i in range(chunk, chunk + 5_000):
+            suite.forge(run=f"flood-{i}", seq=i, data={"train/loss": 1.0, "train/value_loss": 2.0})
+        last = stack.root / f"flood-{chunk + 4_999}"
+        wait_until(last.is_dir, 60, "a chunk of the flood on disk", interval=0.2)
     with Publisher(stack.frontend, run="real-after-flood") as pub:
         for step in range(3):
             pub.metrics({"train/loss": math.nan}, step=step)
@@ -261,20 +262,26 @@ def test_20000_run_ids_do_not_blind_the_alert_engine(suite: Suite) -> None:
 def test_200000_publisher_ids_and_30000_metric_names_are_absorbed(suite: Suite) -> None:
     """Floods of distinct publisher ids and metric names are taken (and evicted), not refused or leaked."""
     stack = suite.stack
-    for i in range(200_000):
-        suite.forge(kind="event", run="flood-pubs", pub=f"pub-{i}", data={"event": "note", "i": i})
+    events = stack.root / "flood-pubs" / "events.jsonl"
+
+    def lines() -> int:
+        if not events.exists():
+            return 0
+        with events.open("rb") as f:
+            return sum(1 for _ in f)
+
+    # In chunks the JSONL sink has taken before the next: what is measured is the sinks'
+    # state, not how deep ZeroMQ's queues got while a sink caught up (that depends on the machine).
+    for chunk in range(0, 200_000, 25_000):
+        for i in range(chunk, chunk + 25_000):
+            suite.forge(kind="event", run="flood-pubs", pub=f"pub-{i}", data={"event": "note", "i": i})
+        wait_until(lambda c=chunk: lines() >= c + 25_000, 60, "a chunk of the flood on disk", interval=0.2)
     for i in range(3_000):
         suite.forge(run="flood-names", seq=i, step=i, data={f"name/{i}/{j}": float(j) for j in range(10)})
     with Publisher(stack.frontend, run="flood-marker") as pub:
         pub.metrics({"done": 1.0}, step=0)
     wait_until(lambda: (stack.root / "flood-marker" / "metrics.jsonl").exists(), 120, "the floods to be taken")
-    events = stack.root / "flood-pubs" / "events.jsonl"
-
-    def lines() -> int:
-        with events.open("rb") as f:
-            return sum(1 for _ in f)
-
-    wait_until(lambda: lines() == 200_000, 60, "all 200,000 flood events on disk", interval=0.5)
+    assert lines() == 200_000
 
 
 def test_the_training_beside_the_attacks_is_on_disk_in_full_and_every_sink_stayed_bounded(suite: Suite) -> None:
