@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgpack
+import msgspec
 
 VERSION: Final = 1
 KINDS: Final = frozenset({"metrics", "episode", "system", "event", "alert", "bus"})
@@ -48,18 +48,48 @@ class EncodeError(TypeError):
     """A value that cannot be put on the wire; the text names the key."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One decoded v1 message."""
+# -- the payload's types, as msgspec checks them while it unpacks --------------------------------
 
-    kind: str
+_Ts = Annotated[float, msgspec.Meta(ge=0.0, lt=MAX_TS)]  # NaN fails both bounds
+_Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64)]
+_Step = Annotated[int, msgspec.Meta(ge=-MAX_INT64 - 1, le=MAX_INT64)]
+_Pub = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]  # printable: decode checks
+_Scalar = int | float | str | bool | None  # in data any float: NaN and ±Inf are valid there
+
+
+def _value_at(depth: int) -> Any:
+    """The type of a value at ``depth`` of ``data`` (``data`` itself is depth 1)."""
+    if depth > MAX_DEPTH:
+        return _Scalar  # a container here would nest deeper than MAX_DEPTH
+    inner = _value_at(depth + 1)
+    return _Scalar | list[inner] | dict[str, inner]  # type: ignore[valid-type]
+
+
+if TYPE_CHECKING:  # what code that reads a message sees
+    _Kind = str
+    _Data = dict[str, Any]
+else:  # what decoding checks: one of KINDS; no bytes, extension types or non-str keys, depth bounded
+    _Kind = Literal[tuple(sorted(KINDS))]
+    _Data = dict[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)], _value_at(2)]
+
+
+class Message(msgspec.Struct, frozen=True, tag_field="v", tag=VERSION, forbid_unknown_fields=True):
+    """One v1 message.
+
+    A msgspec struct rather than a dataclass: :func:`decode` has msgspec unpack the payload
+    straight into it, checking every field's type and bounds on the way (the annotations;
+    what they cannot say, decode checks after), and ``msgspec.json`` writes it as the payload
+    map, ``"v"`` first: the JSONL sink's line. Made in Python, nothing is checked, as before.
+    """
+
+    kind: _Kind
     run: str | None
     node: str
-    pub: str
-    seq: int
-    ts: float
-    step: int | None
-    data: dict[str, Any]
+    pub: _Pub
+    seq: _Seq
+    ts: _Ts
+    step: _Step | None
+    data: _Data
 
     @property
     def source(self) -> str:
@@ -220,12 +250,71 @@ def unpack_value(payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Any:
 
 
 def decode(frames: Sequence[bytes], max_bytes: int = MAX_PAYLOAD_BYTES) -> Message:
-    """The message in ``frames``, or :class:`DecodeError` saying what is wrong."""
+    """The message in ``frames``, or :class:`DecodeError` saying what is wrong.
+
+    Two paths, one answer. The fast one has msgspec unpack the payload into a
+    :class:`Message` and check its types and bounds in one pass in C, then checks names
+    (run, node, pub, data keys) and the topic against those it has seen valid; it accepts a
+    subset of what the strict one accepts. Everything else goes to the strict path, which
+    says exactly what is wrong, or returns the same message for what the fast one leaves
+    out: an int ``ts``, keys in another order (tests/test_decode_paths.py holds the two
+    paths to one answer).
+    """
     if len(frames) != 2:
         raise DecodeError(f"expected 2 frames [topic, payload], got {len(frames)}")
     topic_frame, payload = frames
     topic = bytes(topic_frame)
-    obj = unpack_value(bytes(payload), max_bytes)
+    payload = bytes(payload)
+    if len(payload) <= max_bytes and payload.startswith(_V1_HEAD):
+        try:
+            message = _unpack_message(payload)
+        except msgspec.MsgspecError:
+            pass  # the strict path below says what is wrong, or accepts it
+        else:
+            head = (topic, message.kind, message.run, message.node, message.pub)
+            if (head in _KNOWN_HEADS or _new_head(head)) and (
+                message.data.keys() <= _KNOWN_KEYS or _new_keys(message.data)
+            ):
+                return message
+    return _decode_strict(topic, payload, max_bytes)
+
+
+#: msgspec takes the tag ``"v"`` as optional, so the fast path requires it where packing puts
+#: it: a nine-entry map whose first entry is ``"v": 1`` (fixmap 9, fixstr "v", fixint 1).
+_V1_HEAD: Final = b"\x89\xa1v\x01"
+
+#: (topic, kind, run, node, pub) and data keys found valid: a sink sees the same few over and
+#: over. Caches, so starting one over when full (a flood of names) costs only re-checking.
+_KNOWN_HEADS: set[tuple[bytes, str, str | None, str, str]] = set()
+_KNOWN_KEYS: set[str] = set()
+_KNOWN_MAX: Final = 4096
+
+
+def _new_head(head: tuple[bytes, str, str | None, str, str]) -> bool:
+    """True when run, node and pub follow their rules and the topic is ``kind/source``."""
+    topic, kind, run, node, pub = head
+    if (run is not None and not _valid_name(run)) or not _valid_name(node) or not pub.isprintable():
+        return False
+    if topic != f"{kind}/{topic_source(kind, run, node)}".encode():
+        return False
+    if len(_KNOWN_HEADS) >= _KNOWN_MAX:
+        _KNOWN_HEADS.clear()
+    _KNOWN_HEADS.add(head)
+    return True
+
+
+def _new_keys(data: dict[str, Any]) -> bool:
+    """True when every key of ``data`` is printable (the schema bounded their length)."""
+    if not all(key.isprintable() for key in data):
+        return False
+    if len(_KNOWN_KEYS) + len(data) > _KNOWN_MAX:
+        _KNOWN_KEYS.clear()
+    _KNOWN_KEYS.update(data)
+    return True
+
+
+def _decode_strict(topic: bytes, payload: bytes, max_bytes: int) -> Message:
+    obj = unpack_value(payload, max_bytes)
     if type(obj) is not dict:
         raise _fail(topic, f"payload is a {type(obj).__name__}, not a map")
     return _from_map(obj, topic)
@@ -323,7 +412,7 @@ def _from_map(obj: dict[str, Any], topic: bytes) -> Message:
         except UnicodeDecodeError as exc:
             raise DecodeError(f"topic is not UTF-8: {exc}") from exc
         raise _fail(topic, f"topic does not match the payload (expected '{kind}/{source}')")
-    return _new_message(kind, run, node, pub, seq, ts, step, data)
+    return Message(kind, run, node, pub, seq, ts, step, data)
 
 
 def _short(value: object) -> str:
@@ -332,38 +421,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 
-def _fast_constructor() -> Callable[..., Message]:
-    """Builds a :class:`Message` without the frozen dataclass's ``__init__``.
-
-    A frozen dataclass sets each field through ``object.__setattr__`` from Python, which
-    costs about as much as validating the whole payload; writing the slots through their
-    descriptors (what ``__init__`` does, minus the detour) halves it. Only :func:`decode`
-    uses this, on values it has just checked.
-    """
-    fields = ("kind", "run", "node", "pub", "seq", "ts", "step", "data")
-    assert Message.__slots__ == fields, "keep in step with Message's fields"
-    s_kind, s_run, s_node, s_pub, s_seq, s_ts, s_step, s_data = (Message.__dict__[f].__set__ for f in fields)
-    new = object.__new__
-
-    def make(
-        kind: str, run: str | None, node: str, pub: str, seq: int, ts: float, step: int | None, data: dict[str, Any]
-    ) -> Message:
-        message: Message = new(Message)
-        s_kind(message, kind)
-        s_run(message, run)
-        s_node(message, node)
-        s_pub(message, pub)
-        s_seq(message, seq)
-        s_ts(message, ts)
-        s_step(message, step)
-        s_data(message, data)
-        return message
-
-    return make
-
-
 _SCALARS: Final = frozenset({int, float, bool, str, type(None)})
-_new_message: Final = _fast_constructor()
 
 
 def _check_data(value: Any, topic: bytes, depth: int) -> None:
@@ -381,3 +439,6 @@ def _check_data(value: Any, topic: bytes, depth: int) -> None:
                 _check_data(item, topic, depth + 1)
     elif type(value) not in _SCALARS:
         raise _fail(topic, f"'data' holds a {type(value).__name__}, which v1 does not allow")
+
+
+_unpack_message: Final = msgspec.msgpack.Decoder(Message).decode

@@ -15,25 +15,25 @@ its descriptor limit.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-from bus.message import VERSION, Message
+from bus.message import Message
 from bus.subscriber import SinkContext
 from sinks.disk_alarm import WriteAlarm
 from sinks.jsonl_files import is_rotated, relative_path, rotated_name, rotation_index, tail_records
+from sinks.jsonl_lines import encode_lines
 
 log = logging.getLogger("metricbus.jsonl")
 
 #: Bytes read from the end of each file on start to recover the last seq per publisher.
 _TAIL_BYTES: Final = 256 * 1024
-#: Cached line heads (one per publisher and kind); past this the cache starts over.
+#: Cached files per (kind, run, node); past this the cache starts over.
 _MAX_ROUTES: Final = 65536
 #: last_seen() reads only files written this recently (a restart after a crash is sooner).
 _RECENT_SECONDS: Final = 3600.0
@@ -53,28 +53,6 @@ _PATH_ERRORS: Final = frozenset(
 _REPORT_INTERVAL: Final = 10.0
 
 
-def _value_encoder() -> Callable[[Any], str]:
-    """JSON text of one value, compact, NaN/±Inf as ``NaN``/``Infinity``.
-
-    Calls the C encoder directly when the interpreter has it: ``JSONEncoder.encode`` builds
-    a new one for every call, which costs as much as encoding a small map. There is no
-    circular-reference check: decoded payloads are trees by construction.
-    """
-    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return encoder.encode
-    iterencode = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
-
-    def encode(value: Any) -> str:
-        return "".join(iterencode(value, 0))
-
-    return encode
-
-
-_encode_value = _value_encoder()
-
-
 class _File:
     """One JSONL file with its pending whole lines; ``fd`` is -1 while it is closed for lack of use."""
 
@@ -85,7 +63,7 @@ class _File:
         self.path = path
         self.fd = -1
         self.size = 0
-        self.lines: list[str] = []
+        self.lines: list[bytes] = []  # each a whole line, newline included
         self.pending_bytes = 0
 
     def open(self) -> None:
@@ -203,7 +181,7 @@ class JsonlSink:
         self._reported: dict[int, float] = {}  # errno -> when last logged
         self._files: dict[Path, _File] = {}
         #: (kind, run, node, pub) -> (the file, the line's constant head up to ``"seq":``)
-        self._routes: dict[tuple[str, str | None, str, str], tuple[_File, str]] = {}
+        self._routes: dict[tuple[str, str | None, str], _File] = {}
         self._last_fsync = time.monotonic()
         self._dirty_since_fsync: set[_File] = set()
         #: files closed for lack of use before their fsync was due (the fsync thread reopens them)
@@ -220,25 +198,25 @@ class JsonlSink:
     def handle(self, batch: Sequence[Message]) -> None:
         # Lines reach the OS at the end of every batch (latency: a line is readable within
         # one batch of its arrival); fsync, the expensive part, runs on its own interval.
-        # This loop is the sink's per-message cost, so the constant head of each line is
-        # cached per publisher and only seq, ts, step and data are encoded per message.
+        # This loop is the sink's per-message cost: it only sorts messages by file; each
+        # file's share is then made into text by one encoder call (sinks/jsonl_lines.py).
         routes = self._routes
-        touched: list[_File] = []
+        groups: dict[_File, list[Message]] = {}
         for message in batch:
-            route = routes.get((message.kind, message.run, message.node, message.pub))
-            if route is None:
-                route = self._route(message)
-            target, head = route
-            step, ts = message.step, message.ts
-            lines = target.lines
-            if not lines:
+            target = routes.get((message.kind, message.run, message.node))
+            if target is None:
+                target = self._route(message)
+            group = groups.get(target)
+            if group is None:
+                groups[target] = [message]
+            else:
+                group.append(message)
+        touched: list[_File] = []
+        for target, group in groups.items():
+            if not target.lines:  # else a failed write's lines wait: flush retries them, not every batch
                 touched.append(target)
-            lines.append(
-                f"{head}{message.seq},"
-                f'"ts":{repr(ts) if type(ts) is float and ts - ts == 0.0 else _encode_value(ts)},'
-                f'"step":{"null" if step is None else step if type(step) is int else _encode_value(step)},'
-                f'"data":{_encode_value(message.data)}}}\n'
-            )
+            # bytes.splitlines splits at \n and \r only, and JSON text escapes both inside strings
+            target.lines.extend(encode_lines(group).splitlines(keepends=True))
         for target in touched:
             self._write(target)
 
@@ -301,18 +279,11 @@ class JsonlSink:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _route(self, message: Message) -> tuple[_File, str]:
+    def _route(self, message: Message) -> _File:
         if len(self._routes) >= _MAX_ROUTES:
-            self._routes.clear()  # many short-lived publishers: start over rather than grow
-        head = (
-            f'{{"v":{VERSION},"kind":{_encode_value(message.kind)},"run":{_encode_value(message.run)},'
-            f'"node":{_encode_value(message.node)},"pub":{_encode_value(message.pub)},"seq":'
-        )
-        route = self._routes[(message.kind, message.run, message.node, message.pub)] = (
-            self._open(relative_path(message)),
-            head,
-        )
-        return route
+            self._routes.clear()  # many short-lived runs and nodes: start over rather than grow
+        target = self._routes[(message.kind, message.run, message.node)] = self._open(relative_path(message))
+        return target
 
     def _open(self, relative: Path) -> _File:
         path = self.root / relative
@@ -364,7 +335,7 @@ class JsonlSink:
             del self._open_files[target]
 
     def _write(self, target: _File) -> None:
-        data = "".join(target.lines).encode()
+        data = b"".join(target.lines)
         written = 0
         error: OSError | None = None
         try:
