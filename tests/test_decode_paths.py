@@ -83,7 +83,8 @@ _values = st.recursive(
     max_leaves=12,
 )
 _odd_names = st.sampled_from(["a b", "", "x" * 129, "ü", "a/b"]) | st.text(max_size=6)
-_runs = st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True)
+_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,11}", fullmatch=True)
+_printable = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), min_size=1, max_size=6)
 
 
 @st.composite
@@ -93,13 +94,13 @@ def frame_pairs(draw: st.DrawFn) -> list[bytes]:
     fields: dict[str, Any] = {
         "v": 1,
         "kind": kind,
-        "run": draw(st.none() | _runs),
-        "node": draw(_runs | st.text(min_size=1, max_size=6)),
-        "pub": draw(st.text(min_size=1, max_size=6)),
-        "seq": draw(st.integers(min_value=0, max_value=2**64 - 1)),
-        "ts": draw(st.floats(allow_nan=False, allow_infinity=False) | st.integers(0, 2**40)),
+        "run": draw(st.none() | _names),
+        "node": draw(_names),
+        "pub": draw(_printable),
+        "seq": draw(st.integers(min_value=0, max_value=2**63 - 1)),
+        "ts": draw(st.floats(0, 2**33, exclude_max=True) | st.integers(0, 2**33 - 1)),
         "step": draw(st.none() | st.integers(-(2**63), 2**63 - 1)),
-        "data": draw(st.dictionaries(st.text(max_size=6), _values, max_size=4)),
+        "data": draw(st.dictionaries(_printable, _values, max_size=4)),
     }
     for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
         name = draw(st.sampled_from([*sorted(fields), "extra", "drop"]))
@@ -110,7 +111,7 @@ def frame_pairs(draw: st.DrawFn) -> list[bytes]:
         elif name == "kind":
             fields[name] = draw(st.sampled_from(["weird", "Metrics"]) | _scalars)
         else:
-            fields[name] = draw(_values | st.sampled_from([-1, True, 2, 1.0, math.nan, math.inf]))
+            fields[name] = draw(_values | st.sampled_from([-1, True, 2, 1.0, math.nan, math.inf, 2**63, 2.0**33]))
     kind, run, node = fields.get("kind"), fields.get("run"), fields.get("node")
     source = node if kind in ("system", "bus") or run is None else run
     topic = f"{kind}/{source}" if draw(st.integers(0, 9)) else draw(st.text(max_size=10))

