@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # what code that reads a message sees
     _Data = dict[str, Any]
 else:  # what decoding checks: one of KINDS; no bytes, extension types or non-str keys, depth bounded
     _Kind = Literal[tuple(sorted(KINDS))]
-    _Data = dict[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)], _value_at(2)]
+    _Data = dict[str, _value_at(2)]  # its keys' rule: decode checks them against those seen valid
 
 
 class Message(msgspec.Struct, frozen=True, tag_field="v", tag=VERSION, forbid_unknown_fields=True):
@@ -304,8 +304,8 @@ def _new_head(head: tuple[bytes, str, str | None, str, str]) -> bool:
 
 
 def _new_keys(data: dict[str, Any]) -> bool:
-    """True when every key of ``data`` is printable (the schema bounded their length)."""
-    if not all(key.isprintable() for key in data):
+    """True when every key of ``data`` is a valid metric name (:func:`valid_key`)."""
+    if not all(map(valid_key, data)):
         return False
     if len(_KNOWN_KEYS) + len(data) > _KNOWN_MAX:
         _KNOWN_KEYS.clear()
