@@ -1,6 +1,8 @@
 """Alert rules, the engine that evaluates them on the bus, and notifiers."""
 
+from alerts.anomaly import AnomalyRule
 from alerts.engine import AlertEngine
+from alerts.kinds import KINDS
 from alerts.loading import load_rules
 from alerts.notifiers import (
     CommandNotifier,
@@ -11,7 +13,6 @@ from alerts.notifiers import (
     WebhookNotifier,
 )
 from alerts.rules import (
-    KINDS,
     SEVERITIES,
     AbsenceRule,
     DivergenceRule,
@@ -24,6 +25,7 @@ from alerts.rules import (
     StreakRule,
     ThresholdRule,
 )
+from alerts.run_status import RunEndedRule
 from alerts.state import Series
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "SEVERITIES",
     "AbsenceRule",
     "AlertEngine",
+    "AnomalyRule",
     "CommandNotifier",
     "DivergenceRule",
     "DropRule",
@@ -41,6 +44,7 @@ __all__ = [
     "NotifierWorker",
     "Rule",
     "RuleSpec",
+    "RunEndedRule",
     "Selector",
     "Series",
     "StagnationRule",

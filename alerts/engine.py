@@ -205,7 +205,9 @@ class AlertEngine:
     def _evaluate(self, targets: tuple[Series, ...], message: Message, metric: str, value: Any) -> None:
         kind = type(value)
         if kind is not float and kind is not int and kind is not bool:
-            return
+            if kind is not str:
+                return
+            targets = tuple(s for s in targets if s.rule.accepts_text)  # rare: a run_ended status
         for series in targets:
             rule = series.rule
             if kind is bool and not rule.accepts_bool:
@@ -222,6 +224,8 @@ class AlertEngine:
             series.node = message.node
             change = series.advance(active, message.ts)
             if change is not None:
+                if change == FIRING:
+                    series.extra["detail"] = rule.detail(message)
                 self._emit(series, change)
 
     def _new_series(self, key: SeriesKey, rule: Rule, run: str | None, node: str) -> Series | None:
@@ -288,6 +292,7 @@ class AlertEngine:
 
     def _emit(self, series: Series, state: str, note: str = "") -> None:
         spec = series.rule.spec
+        detail = series.extra.get("detail", "") if series.extra else ""
         fields = {
             "rule": spec.name,
             "severity": spec.severity,
@@ -298,6 +303,8 @@ class AlertEngine:
             "metric": series.metric,
             "value": series.value,
             "threshold": series.threshold,
+            "hint": spec.hint,
+            "detail": detail,
         }
         text = _render(spec.message, fields, series.rule)
         if note:
@@ -313,6 +320,10 @@ class AlertEngine:
             "since": series.since,
             "source": series.source,
         }
+        if spec.hint:
+            data["hint"] = spec.hint
+        if detail:
+            data["detail"] = detail
         record = payload("alert", series.run, series.node, self._pub_id, self._seq, time.time(), series.step, data)
         self._seq += 1
         self.alerts_sent += 1

@@ -17,9 +17,9 @@ from typing import Any, Final
 
 import yaml
 
+from alerts.kinds import KINDS
 from alerts.rules import (
     DEFAULT_REPEAT,
-    KINDS,
     SELECTABLE_KINDS,
     SEVERITIES,
     Rule,
@@ -31,8 +31,10 @@ from alerts.rules import (
 )
 from bus.options import ConfigError, Where, construct_checked
 
-TEMPLATE_FIELDS: Final = ("rule", "severity", "state", "run", "node", "source", "metric", "value", "threshold")
-COMMON_KEYS: Final = ("name", "kind", "severity", "select", "for", "clear", "repeat", "message")
+TEMPLATE_FIELDS: Final = (
+    "rule", "severity", "state", "run", "node", "source", "metric", "value", "threshold", "hint", "detail",
+)  # fmt: skip
+COMMON_KEYS: Final = ("name", "kind", "severity", "select", "for", "clear", "repeat", "message", "hint")
 _NAME: Final = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 
 
@@ -51,8 +53,8 @@ def parse_selector(raw: object, default_kinds: Sequence[str], needs_metric: bool
     if not isinstance(raw, dict):
         raise where.error(f"expected a mapping with kind, metric, run, node; got {raw!r}")
     for key in raw:
-        if key not in ("kind", "metric", "run", "node"):
-            raise where.key(str(key)).error("expected one of the keys kind, metric, run, node (unknown key)")
+        if key not in ("kind", "metric", "exclude", "run", "node"):
+            raise where.key(str(key)).error("expected one of the keys kind, metric, exclude, run, node (unknown key)")
     kinds_raw = raw.get("kind", list(default_kinds))
     kinds = [kinds_raw] if isinstance(kinds_raw, str) else kinds_raw
     if not isinstance(kinds, list) or not kinds:
@@ -66,6 +68,10 @@ def parse_selector(raw: object, default_kinds: Sequence[str], needs_metric: bool
         raise where.key("metric").error(
             f"expected a metric name, a glob (grad/*) or a list of them, got {metrics_raw!r}"
         )
+    exclude_raw = raw.get("exclude", [])
+    exclude = [exclude_raw] if isinstance(exclude_raw, str) else exclude_raw
+    if not isinstance(exclude, list) or not all(isinstance(m, str) and m for m in exclude):
+        raise where.key("exclude").error(f"expected a metric name, a glob or a list of them, got {exclude_raw!r}")
     if needs_metric and not metrics:
         raise where.key("metric").error("expected a metric name or glob such as grad/* (required)")
     return Selector(
@@ -73,6 +79,7 @@ def parse_selector(raw: object, default_kinds: Sequence[str], needs_metric: bool
         metrics=tuple(metrics),
         run=_regex(raw["run"], where.key("run")) if "run" in raw else None,
         node=_regex(raw["node"], where.key("node")) if "node" in raw else None,
+        exclude=tuple(exclude),
     )
 
 
@@ -129,6 +136,9 @@ def parse_rule(raw: object, where: Where) -> Rule:
         raise where.key(exc.key).error(str(exc)) from None
     if cls.kind == "absence" and "for" in raw:
         raise where.key("for").error("expected no 'for' on an absence rule: its 'after' is how long silence lasts")
+    hint = raw.get("hint", "")
+    if not isinstance(hint, str):
+        raise where.key("hint").error(f"expected a short text saying what to check, got {hint!r}")
     message = raw.get("message")
     if message is not None:
         if not isinstance(message, str):
@@ -148,6 +158,7 @@ def parse_rule(raw: object, where: Where) -> Rule:
         template,
         clear_count,
         clear_seconds,
+        hint.strip(),
     )
     return rule
 

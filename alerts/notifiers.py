@@ -55,8 +55,14 @@ def clean(text: object) -> str:
 
 
 def alert_text(alert: Alert) -> str:
-    """One human line: ``[critical] FIRING nan-train on ppo-1: train/loss is nan …``."""
-    return clean(f"[{alert['severity']}] {str(alert['state']).upper()} {alert['rule']}: {alert['message']}")
+    """One human line: ``[critical] FIRING nan-train on ppo-1: train/loss is nan … — check: …``.
+
+    A firing alert ends with its rule's hint (what to check), so a phone notification alone
+    says what to do; the hint is also its own field for the JSON notifiers.
+    """
+    text = f"[{alert['severity']}] {str(alert['state']).upper()} {alert['rule']}: {alert['message']}"
+    hint = alert.get("hint")
+    return clean(f"{text} — check: {hint}" if hint and alert.get("state") == "firing" else text)
 
 
 def strict_json(alert: Alert) -> dict[str, Any]:

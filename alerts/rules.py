@@ -76,8 +76,9 @@ def is_number(value: object) -> bool:
 class Selector:
     """Which messages and which of their metrics a rule looks at.
 
-    ``metrics`` are globs (``grad/*`` also matches ``grad/layer/fc/norm``); ``run`` and
-    ``node`` are regular expressions that must match the whole name.
+    ``metrics`` are globs (``grad/*`` also matches ``grad/layer/fc/norm``), ``exclude``
+    globs taken out of them; ``run`` and ``node`` are regular expressions that must match
+    the whole name.
     """
 
     def __init__(
@@ -86,12 +87,17 @@ class Selector:
         metrics: tuple[str, ...],
         run: re.Pattern[str] | None = None,
         node: re.Pattern[str] | None = None,
+        exclude: tuple[str, ...] = (),
     ) -> None:
         self.kinds = kinds
         self.metrics = metrics
         self.run = run
         self.node = node
-        self._metric = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in metrics) or r"(?!)")
+        self.exclude = exclude
+        pattern = "|".join(f"(?:{fnmatch.translate(g)})" for g in metrics) or r"(?!)"
+        if exclude:  # a negative look-ahead: resolved once per metric name, like the rest
+            pattern = "(?!" + "|".join(f"(?:{fnmatch.translate(g)})" for g in exclude) + f")(?:{pattern})"
+        self._metric = re.compile(pattern)
 
     def matches_source(self, kind: str, run: str | None, node: str) -> bool:
         if kind not in self.kinds:
@@ -122,6 +128,8 @@ class RuleSpec:
     #: how long the condition must stay false before a firing alert resolves (hysteresis)
     clear_count: int = 1
     clear_seconds: float = 0.0
+    #: what to check when it fires; carried in the alert (``hint``) and shown by every reader
+    hint: str = ""
 
 
 class Rule:
@@ -133,6 +141,8 @@ class Rule:
     needs_metric: ClassVar[bool] = True
     #: Let bools through to :meth:`check` (as a rule on ``is_success`` needs); else numbers only.
     accepts_bool: ClassVar[bool] = False
+    #: Let strings through to :meth:`check` (a run_ended ``status``); else numbers only.
+    accepts_text: ClassVar[bool] = False
     #: The alert's text when the rule gives no ``message``; an instance may refine it.
     template: str = "{rule}: {metric} = {value} (threshold {threshold}) on {source}"
 
@@ -144,6 +154,10 @@ class Rule:
 
     def check(self, state: Any, metric: str, value: Any, message: Message) -> Verdict | None:
         raise NotImplementedError
+
+    def detail(self, message: Message) -> str:
+        """More about the message that made the alert fire (an exception's text); asked only then."""
+        return ""
 
     @property
     def name(self) -> str:
@@ -286,25 +300,38 @@ class DivergenceRule(Rule):
 
 
 class _Best:
-    __slots__ = ("best", "best_step", "since_best")
+    __slots__ = ("best", "best_step", "since_best", "smooth")
 
-    def __init__(self) -> None:
+    def __init__(self, smooth: int = 1) -> None:
         self.best: float | None = None
         self.best_step: int | None = None
         self.since_best = 0
+        self.smooth: deque[float] = deque(maxlen=smooth)
 
 
 class StagnationRule(Rule):
     """The best value has not improved by ``min_delta`` for ``patience`` samples (or steps).
 
     ``mode: max`` for rewards, ``min`` for losses; ``unit: steps`` counts training steps
-    (the message's ``step``) instead of samples.
+    (the message's ``step``) instead of samples. ``smooth: N`` judges the mean of the last N
+    values (one lucky episode at CartPole's cap of 500 is not a best that must be beaten).
+    ``below_best``: fire only while the smoothed value is more than this fraction of
+    ``|best|`` below the best — a run holding its best plateau (an env's maximum) is done
+    improving, not stuck.
     """
 
     kind = "stagnation"
     template = "{rule}: {metric} has not improved on its best for {value:g} {unit} on {source}"
 
-    def __init__(self, patience: int, min_delta: float = 0.0, mode: str = "max", unit: str = "samples") -> None:
+    def __init__(
+        self,
+        patience: int,
+        min_delta: float = 0.0,
+        mode: str = "max",
+        unit: str = "samples",
+        smooth: int = 1,
+        below_best: float = 0.0,
+    ) -> None:
         if patience < 1:
             raise RuleError("patience", "a positive integer", patience)
         if mode not in ("max", "min"):
@@ -313,6 +340,12 @@ class StagnationRule(Rule):
             raise RuleError("unit", "samples or steps", unit)
         if min_delta < 0:
             raise RuleError("min_delta", "a number >= 0", min_delta)
+        if smooth < 1:
+            raise RuleError("smooth", "a positive integer", smooth)
+        if not 0 <= below_best < 1:
+            raise RuleError("below_best", "a fraction from 0 to 1 such as 0.2", below_best)
+        self.smoothing = smooth
+        self.below_best = float(below_best)
         self.patience = patience
         self.min_delta = float(min_delta)
         self.sign = 1.0 if mode == "max" else -1.0
@@ -320,12 +353,17 @@ class StagnationRule(Rule):
         self.template = self.template.replace("{unit}", "episodes" if unit == "samples" else "steps")
 
     def new_state(self) -> _Best:
-        return _Best()
+        return _Best(self.smoothing)
 
     def check(self, state: _Best, metric: str, value: Any, message: Message) -> Verdict | None:
         if not math.isfinite(value):
             return None
         score = self.sign * value
+        if self.smoothing > 1:
+            state.smooth.append(score)
+            if len(state.smooth) < self.smoothing:
+                return None
+            score = sum(state.smooth) / self.smoothing
         if state.best is None or score > state.best + self.min_delta:
             state.best, state.best_step, state.since_best = score, message.step, 0
             return False, 0.0, float(self.patience)
@@ -336,17 +374,21 @@ class StagnationRule(Rule):
             waited = float(message.step - state.best_step)
         else:
             waited = float(state.since_best)
+        if self.below_best and score >= state.best - self.below_best * abs(state.best):
+            return False, waited, float(self.patience)  # at (or near) its best: a plateau, not stuck
         return waited >= self.patience, waited, float(self.patience)
 
 
 class _Drop:
-    __slots__ = ("best", "count", "recent", "smooth")
+    __slots__ = ("best", "count", "first_n", "first_sq", "first_sum", "recent", "smooth")
 
     def __init__(self, smooth: int, window: int) -> None:
         self.smooth: deque[float] = deque(maxlen=smooth)
         self.recent: deque[float] = deque(maxlen=window)
         self.best: float | None = None
         self.count = 0
+        self.first_n = 0  # the first `window` raw values: where the run started, and how noisy
+        self.first_sum = self.first_sq = 0.0
 
 
 class DropRule(Rule):
@@ -356,12 +398,27 @@ class DropRule(Rule):
     have been seen; ``reference: mean`` — the mean of the previous ``window`` smoothed
     values. ``smooth: N`` averages the last N samples first, so one bad episode does not
     fire it. The bound is ``reference - relative * |reference|``.
+
+    ``of: gain`` measures the fall against what the run gained instead: the bound is
+    ``best - relative * (best - first)``, where ``first`` is the mean of the first
+    ``window`` values (the untrained agent). Rewards are often negative (Acrobot, Pendulum)
+    and their zero means nothing, so "lost most of what it learned" is the drop that means
+    the same on every env. Nothing fires before the gain is ``min_gain`` standard
+    deviations of those first values: an early wobble is not a collapse of anything learned.
     """
 
     kind = "drop"
     template = "{rule}: {metric} = {value:.4g} (alert below {threshold:.4g}) on {source}"
 
-    def __init__(self, relative: float, reference: str = "best", window: int = 20, smooth: int = 1) -> None:
+    def __init__(
+        self,
+        relative: float,
+        reference: str = "best",
+        window: int = 20,
+        smooth: int = 1,
+        of: str = "reference",
+        min_gain: float = 3.0,
+    ) -> None:
         if not 0 < relative < 1:
             raise RuleError("relative", "a fraction between 0 and 1 such as 0.1", relative)
         if reference not in ("best", "mean"):
@@ -370,6 +427,14 @@ class DropRule(Rule):
             raise RuleError("window", "a positive integer", window)
         if smooth < 1:
             raise RuleError("smooth", "a positive integer", smooth)
+        if of not in ("reference", "gain"):
+            raise RuleError("of", "reference or gain", of)
+        if of == "gain" and reference != "best":
+            raise RuleError("of", "reference: best with of: gain (the gain is best - first)", of)
+        if min_gain < 0:
+            raise RuleError("min_gain", "a number of standard deviations >= 0 such as 3", min_gain)
+        self.gain = of == "gain"
+        self.min_gain = float(min_gain)
         self.relative = float(relative)
         self.reference = reference
         self.window = window
@@ -381,6 +446,10 @@ class DropRule(Rule):
     def check(self, state: _Drop, metric: str, value: Any, message: Message) -> Verdict | None:
         if not math.isfinite(value):
             return None
+        if state.first_n < self.window:
+            state.first_n += 1
+            state.first_sum += value
+            state.first_sq += value * value
         state.smooth.append(value)
         if len(state.smooth) < self.smoothing:
             return None
@@ -395,7 +464,16 @@ class DropRule(Rule):
             state.recent.append(current)
         if not ready or reference is None:
             return None
-        bound = reference - self.relative * abs(reference)
+        if self.gain:
+            n = state.first_n
+            first = state.first_sum / n
+            spread = math.sqrt(max(0.0, state.first_sq / n - first * first))
+            gained = reference - first
+            if gained <= 0 or gained < self.min_gain * spread:
+                return False, current, first  # nothing learned yet: nothing to lose
+            bound = reference - self.relative * gained
+        else:
+            bound = reference - self.relative * abs(reference)
         return current < bound, current, bound
 
 
@@ -467,9 +545,3 @@ class StreakRule(Rule):
         else:
             state.count += 1
         return state.count >= self.length, float(state.count), float(self.length)
-
-
-KINDS: Final[dict[str, type[Rule]]] = {
-    cls.kind: cls
-    for cls in (ThresholdRule, NonFiniteRule, DivergenceRule, StagnationRule, DropRule, AbsenceRule, StreakRule)
-}

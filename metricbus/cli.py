@@ -255,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=int, default=50_000, help="steps per run (default 50000)")
     p.add_argument("--runs", type=int, default=2, help="runs side by side, different seeds (default 2)")
     p.add_argument("--exit", action="store_true", help="stop the stack when training ends")
+    p.add_argument(
+        "--fault",
+        choices=["nan", "nan-loss", "explode", "collapse", "stagnate", "freeze", "kill"],
+        help="train one run with this fault (injected a third of the way) beside a healthy one, to see alerts fire",
+    )
     config_option(p)
 
     p = command("sample", _lazy("metricbus.sample:cmd_sample"), "publish this node's system metrics")

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -158,7 +159,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _announce(config, started=stack is not None)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    fault: str | None = getattr(args, "fault", None)
     runs = [(seed, f"ppo-cartpole-{seed}-{stamp}") for seed in range(args.runs)]
+    fault_argv: list[str] = []
+    if fault:
+        # one healthy run and one faulty one beside it: the alert is the difference
+        runs = [(0, f"ppo-cartpole-0-{stamp}"), (1, f"ppo-cartpole-1-{fault}-{stamp}")]
+        fault_argv = ["--fault", fault, "--fault-at", str(max(1, args.timesteps // 3))]
+        say(f"{runs[1][1]} gets the fault {fault!r} at step {args.timesteps // 3}; watch the dashboard's alerts")
+        if fault == "freeze":
+            say("a frozen run stays frozen (alive, heart-beating, no progress) until Ctrl-C")
     say(f"training {len(runs)} PPO run(s) on CartPole-v1, {args.timesteps} steps each: {', '.join(r for _, r in runs)}")
     env = {**os.environ, defaults.ENV_ENDPOINT: frontend, PARENT_ENV: str(os.getpid())}
     workers = [
@@ -175,16 +185,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 str(args.timesteps),
                 "--endpoint",
                 frontend,
+                *(fault_argv if i == 1 else []),
             ],
             env=env,
             # own session: the demo alone gets a terminal's Ctrl-C and passes on exactly one
             # interrupt, so a second one cannot cut short a run reporting "interrupted"
             start_new_session=True,
         )
-        for seed, run in runs
+        for i, (seed, run) in enumerate(runs)
     ]
     codes = _wait_workers(workers, stop)
-    failed = [run for (_, run), code in zip(runs, codes, strict=True) if code != 0]
+    # the faulty run may crash or be killed: that is what it was asked to do
+    failed = [run for i, ((_, run), code) in enumerate(zip(runs, codes, strict=True)) if code != 0 and not (fault and i)]
     interrupted = stop.is_set()
     if interrupted:
         say("interrupted; every run reported how far it got")
@@ -224,16 +236,25 @@ def _wait_workers(workers: list[subprocess.Popen[bytes]], stop: threading.Event)
 # -- one training process -------------------------------------------------------------------------
 
 
-def train(run: str, seed: int, timesteps: int, endpoint: str | None) -> None:
-    """PPO on CartPole-v1 with RL-Zoo's tuned hyper-parameters, published as ``run``."""
+def train(
+    run: str, seed: int, timesteps: int, endpoint: str | None, fault: str | None = None, fault_at: int = 0
+) -> None:
+    """PPO on CartPole-v1 with RL-Zoo's tuned hyper-parameters, published as ``run``.
+
+    ``fault``: one of :data:`publishers.faults.SB3_FAULTS`, injected at step ``fault_at``.
+    """
+    import gymnasium as gym
     import torch
     from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
+    from publishers.faults import FaultCallback, FaultSwitch, FaultyEnv
     from publishers.sb3 import MetricbusCallback
 
     torch.set_num_threads(1)  # one core per run: runs side by side instead of fighting
-    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+    switch = FaultSwitch(fault)
+    env = make_vec_env(lambda: FaultyEnv(gym.make("CartPole-v1"), switch, seed), n_envs=8, seed=seed)
     model = PPO(
         "MlpPolicy",
         env,
@@ -248,7 +269,10 @@ def train(run: str, seed: int, timesteps: int, endpoint: str | None) -> None:
         verbose=0,
     )
     callback = MetricbusCallback(run=run, endpoint=endpoint)
-    model.learn(timesteps, callback=callback)
+    callbacks: list[Any] = [callback]
+    if fault:
+        callbacks.append(FaultCallback(fault, fault_at, switch, publisher=lambda: callback.publisher))
+    model.learn(timesteps, callback=CallbackList(callbacks))
     rewards = [e["r"] for e in model.ep_info_buffer or []]
     mean = sum(rewards) / len(rewards) if rewards else float("nan")
     print(
@@ -276,12 +300,19 @@ def _worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timesteps", type=int, default=50_000)
     parser.add_argument("--endpoint")
+    parser.add_argument("--fault")
+    parser.add_argument("--fault-at", type=int, default=0)
     args = parser.parse_args(argv)
     _interrupt_when_parent_dies()
     try:
-        train(args.run, args.seed, args.timesteps, args.endpoint)
+        train(args.run, args.seed, args.timesteps, args.endpoint, args.fault, args.fault_at)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # an injected fault that crashes the run: the bus has run_ended "failed"
+        if not args.fault:
+            raise
+        print(f"metricbus demo: {args.run}: failed as injected: {type(exc).__name__}: {exc}", flush=True)
+        return 3
     return 0
 
 

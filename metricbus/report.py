@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from alerts.diagnosis import diagnose
 from sinks.dashboard.figures import SECTIONS, rolling_mean
 from sinks.dashboard.store import Store
 
@@ -44,6 +45,8 @@ class RunSummary:
     final_losses: dict[str, float] = field(default_factory=dict)
     alerts_fired: int = 0
     alert_rules: list[str] = field(default_factory=list)
+    #: what fired, when, what to check, how it ended (alerts.diagnosis)
+    diagnosis: list[str] = field(default_factory=list)
 
 
 class ReportError(ValueError):
@@ -102,7 +105,8 @@ def summarise(store: Store, run: str) -> RunSummary:
         for name, series in sorted(data.series.items())
         if name.startswith("train/") and "loss" in name and series.n
     }
-    rules = sorted({a["rule"] for a in [*store.alerts.history, *store.alerts.active.values()] if a["source"] == run})
+    alerts = [a for a in [*store.alerts.history, *store.alerts.active.values()] if a["source"] == run]
+    rules = sorted({a["rule"] for a in alerts})
     status = data.status if data.status != "running" else "unfinished"
     return RunSummary(
         run=run,
@@ -116,6 +120,7 @@ def summarise(store: Store, run: str) -> RunSummary:
         final_losses=losses,
         alerts_fired=store.alerts.fired.get(run, 0),
         alert_rules=rules,
+        diagnosis=diagnose(status, data.error or None, alerts),
     )
 
 
@@ -172,6 +177,10 @@ def markdown(summaries: Sequence[RunSummary]) -> str:
         "|" + "---|" * len(_COLUMNS),
     ]
     lines += ["| " + " | ".join(_md_cell(cell) for cell in _row(s)) + " |" for s in summaries]
+    lines += ["", "## Diagnosis"]
+    for s in summaries:
+        lines += ["", f"**{s.run}**", ""] + [f"- {line.strip()}" if not line.startswith("  ") else f"  - {line.strip()}"
+                                             for line in s.diagnosis]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -222,6 +231,7 @@ body {{ font-family: system-ui, sans-serif; margin: 16px; color: #1f2933; }}
 table {{ border-collapse: collapse; font-size: 13px; }} th, td {{ padding: 4px 8px; border-bottom: 1px solid #ddd; }}
 .grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 10px; }}
 .chart {{ border: 1px solid #e1e4e8; border-radius: 4px; }}
+li.hint {{ list-style: none; color: #52606d; }}
 .chip {{ display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 4px; }}
 </style></head><body>
 <h1>metricbus report</h1>
@@ -229,9 +239,23 @@ table {{ border-collapse: collapse; font-size: 13px; }} th, td {{ padding: 4px 8
 <p>Made {html.escape(made)}. Rewards are means over the last {REWARD_WINDOW} episodes (best: the highest such mean);
 lines are smoothed (EMA 0.6, episodes: rolling mean) over the faint raw values.</p>
 <table id="summary"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>
+<h2>Diagnosis</h2>
+{_diagnosis_html(summaries)}
 {"".join(blocks)}
 </body></html>
 """
+
+
+def _diagnosis_html(summaries: Sequence[RunSummary]) -> str:
+    parts = []
+    for s in summaries:
+        items = "".join(
+            f"<li class='hint'>{html.escape(line.strip())}</li>" if line.startswith("  ") else
+            f"<li>{html.escape(line)}</li>"
+            for line in s.diagnosis
+        )  # fmt: skip
+        parts.append(f"<div class='diagnosis' data-run='{html.escape(s.run)}'><b>{html.escape(s.run)}</b><ul>{items}</ul></div>")
+    return "".join(parts)
 
 
 def _colour(store: Store, run: str) -> str:

@@ -249,11 +249,15 @@ def test_the_default_config_alerts_sink_fires_its_default_rules(stack_factory: t
     )
     stack.start()
     with Publisher(stack.frontend, run="defaults") as pub:
-        pub.metrics({"grad/global_norm": 42.0, "train/loss": math.nan}, step=7)
-        pub.metrics({"grad/global_norm": 43.0}, step=8)
-        pub.metrics({"grad/global_norm": 44.0}, step=9)  # the default grad-explosion wants 3 in a row
-    got = wait_until(lambda: len(alerts_of(stack, "defaults")) == 2 and alerts_of(stack, "defaults"), 20, "two alerts")
-    assert sorted(got) == [("grad-explosion", "firing", 9), ("nonfinite", "firing", 7)]
-    severities = {r["data"]["rule"]: r["data"]["severity"] for r in stack.records("defaults", "alert")}
-    assert severities == {"grad-explosion": "error", "nonfinite": "critical"}
-    wait_until(lambda: '"rule": "grad-explosion"' in stack.stderr(), 20, "the log notifier's line")
+        # SB3's NaN explained_variance (returns without variance) is fine; the NaN loss beside it is not
+        pub.metrics({"train/explained_variance": math.nan, "train/loss": math.nan}, step=7)
+        pub.event("run_ended", 9, status="failed", error="ValueError: found invalid values")
+    want = [("nonfinite", "firing", 7), ("nonfinite", "resolved", 7), ("run-failed", "firing", 9)]
+    got = wait_until(lambda: len(alerts_of(stack, "defaults")) == 3 and alerts_of(stack, "defaults"), 20, "3 alerts")
+    assert got == want
+    records = {(r["data"]["rule"], r["data"]["state"]): r["data"] for r in stack.records("defaults", "alert")}
+    failed = records[("run-failed", "firing")]
+    assert failed["severity"] == "critical" and failed["detail"] == "ValueError: found invalid values"
+    assert "ValueError: found invalid values" in failed["message"] and failed["hint"]
+    assert records[("nonfinite", "firing")]["metric"] == "train/loss"
+    wait_until(lambda: '"rule": "run-failed"' in stack.stderr(), 20, "the log notifier's line")

@@ -81,9 +81,9 @@ def test_default_rules_load() -> None:
     rules = load_rules(None, Path.cwd(), Where("test"))
     names = {r.name for r in rules}
     assert {
-        "grad-explosion", "grad-vanishing", "grad-dead-units", "nonfinite", "loss-divergence",
-        "reward-stagnation", "reward-drop", "cpu-high", "memory-high", "gpu-memory-high", "gpu-hot",
-        "run-silent", "publisher-dropping", "failed-episodes",
+        "run-failed", "nonfinite", "grad-spike", "policy-jump", "loss-spike", "grad-vanishing", "grad-dead-units",
+        "reward-collapse", "reward-stagnation", "cpu-high", "memory-high", "gpu-memory-high", "gpu-hot",
+        "run-silent", "run-stalled", "publisher-dropping", "failed-episodes",
     } <= names  # fmt: skip
     config = load_config(default_config_path())
     assert config.sinks["alerts"].type == "alerts"

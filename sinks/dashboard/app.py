@@ -81,8 +81,7 @@ def _section_layout() -> list[Any]:
             [
                 html.H2("Alerts"),
                 html.Div(id="alerts-firing"),
-                html.H3("Resolved", style={"fontSize": "14px"}),
-                html.Div(id="alerts-history"),
+                html.Div(id="alerts-history"),  # one line: "N resolved alerts", opens into a table
             ],
             id="section-alerts",
         ),
@@ -432,13 +431,14 @@ def build_app(
             alerts_version = store.alerts.version
             firing = store.alerts.firing()
             history = list(store.alerts.history)[:50]
+            resolved = len(store.alerts.history)
         status_key = json.dumps([r[:3] + r[4:5] for r in rows])
         out: list[Any] = [no_update, no_update, no_update]
         if keys.get("status") != status_key:
             out[0] = run_table(rows)
         if keys.get("alerts") != alerts_version:
             out[1] = alert_table(firing, "firing")
-            out[2] = alert_table(history, "resolved")
+            out[2] = alert_table(history, "resolved", resolved)
         if out == [no_update] * 3:
             return (*out, no_update)
         return (*out, {"status": status_key, "alerts": alerts_version})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, Final
 
 from sinks.dashboard.figures import SEVERITY_COLOURS, STATUS_COLOURS
 
@@ -64,7 +64,12 @@ def run_table(rows: list[tuple[Any, ...]]) -> Any:
     return html.Table([html.Thead(head), html.Tbody(body)], id="run-table")
 
 
-def alert_table(alerts: list[dict[str, Any]], state: str) -> Any:
+def alert_table(alerts: list[dict[str, Any]], state: str, total: int | None = None) -> Any:
+    """Firing alerts as a table (each with its hint); resolved ones folded into one line that opens.
+
+    Resolved alerts are history: on a long sweep they are many, and as an open table they
+    pushed the charts off the first screen. ``total``: how many resolved there are in all.
+    """
     from dash import html
 
     if not alerts:
@@ -83,7 +88,13 @@ def alert_table(alerts: list[dict[str, Any]], state: str) -> Any:
                     html.Td(_fmt(a["metric"])),
                     html.Td(_fmt(a["value"])),
                     html.Td(_fmt(a["threshold"])),
-                    html.Td(a["message"]),
+                    html.Td(
+                        [
+                            html.Div(a["message"]),
+                            *([html.Div(f"check: {a['hint']}", className="hint", style=_HINT_STYLE)]
+                              if a.get("hint") else []),
+                        ]
+                    ),
                     html.Td(when),
                 ],
                 className=f"alert sev-{sev}",
@@ -99,6 +110,18 @@ def alert_table(alerts: list[dict[str, Any]], state: str) -> Any:
     head = html.Tr(
         [html.Th(t) for t in ("severity", "rule", "run/node", "metric", "value", "threshold", "message", "at")]
     )
-    return html.Table(
+    table = html.Table(
         [html.Thead(head), html.Tbody(rows)], **attrs({"data-alerts": state, "data-count": str(len(alerts))})
     )
+    if state == "firing":
+        return table
+    count = total if total is not None else len(alerts)
+    more = f" (latest {len(alerts)} below)" if count > len(alerts) else ""
+    return html.Details(
+        [html.Summary(f"{count} resolved alert{'s' if count != 1 else ''}{more}"), table],
+        id="alerts-resolved",
+        **attrs({"data-resolved": str(count)}),
+    )
+
+
+_HINT_STYLE: Final = {"color": "#52606d", "fontSize": "12px", "marginTop": "2px"}

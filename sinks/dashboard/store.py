@@ -137,6 +137,9 @@ class AlertBook:
             "value": data.get("value"),
             "threshold": data.get("threshold"),
             "since": data.get("since"),
+            "hint": str(data.get("hint") or ""),
+            "detail": str(data.get("detail") or ""),
+            "step": message.step,
             "ts": message.ts,
         }
         if entry["state"] == "resolved":

@@ -1,0 +1,118 @@
+"""The ``anomaly`` rule kind: a value far from the run's own recent values (robust z-score).
+
+Why judge a value against its own history: what is normal differs by orders of magnitude
+between trainings. PPO's gradient norm before clipping is routinely 5–50 on CartPole (SB3
+clips it to 0.5 afterwards, which is normal), a small supervised MLP's is below 1. One
+absolute bound cries wolf on the first and misses an explosion of the second. Against the
+run's own last ``window`` values, "ten times its median and far outside its usual spread"
+means the same on both.
+
+The score is robust: the median and the median absolute deviation (MAD, scaled by 1.4826
+so it equals the standard deviation for normal data) of the previous ``window`` values,
+not their mean and standard deviation, so the spikes being looked for do not inflate the
+yardstick. ``log: true`` scores ``log(value)`` (gradient norms and losses spread over
+orders of magnitude); ``min_ratio`` additionally asks for that factor above (or below)
+the median, and ``min_change`` (without ``log``) for that distance from it, so a
+near-constant series with a tiny MAD does not fire on a small wobble.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Final
+
+from alerts.rules import Rule, RuleError, Verdict
+from bus.message import Message
+
+_MAD_TO_SIGMA: Final = 1.4826
+_TINY: Final = 1e-30  # log of an exact zero (a vanished gradient) is a very small number, not -inf
+
+
+class _History:
+    __slots__ = ("values",)
+
+    def __init__(self, window: int) -> None:
+        self.values: deque[float] = deque(maxlen=window)
+
+
+def _median(ordered: list[float]) -> float:
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+class AnomalyRule(Rule):
+    """The value is more than ``z`` robust standard deviations from the median of its last ``window`` values.
+
+    ``direction``: ``up`` (spikes), ``down`` (collapses, vanishing) or ``both``. Nothing is
+    judged before ``min_samples`` values were seen. ``min_ratio`` (with ``log``): the value
+    must also be that many times above (or below) the median; ``min_change`` (without):
+    that far from it.
+    """
+
+    kind = "anomaly"
+    template = "{rule}: {metric} = {value:.4g} on {source}, far outside its recent values (alert beyond {threshold:.4g})"
+
+    def __init__(
+        self,
+        z: float = 6.0,
+        window: int = 50,
+        min_samples: int = 20,
+        direction: str = "up",
+        log: bool = False,
+        min_ratio: float = 1.0,
+        min_change: float = 0.0,
+    ) -> None:
+        if z <= 0:
+            raise RuleError("z", "a positive number of robust standard deviations such as 6", z)
+        if window < 5:
+            raise RuleError("window", "an integer of at least 5", window)
+        if not 3 <= min_samples <= window:
+            raise RuleError("min_samples", f"an integer from 3 to window ({window})", min_samples)
+        if direction not in ("up", "down", "both"):
+            raise RuleError("direction", "up, down or both", direction)
+        if min_ratio < 1:
+            raise RuleError("min_ratio", "a factor of at least 1 such as 10", min_ratio)
+        if min_ratio > 1 and not log:
+            raise RuleError("min_ratio", "log: true as well (a ratio is a distance on the log scale)", min_ratio)
+        if min_change < 0 or (min_change > 0 and log):
+            raise RuleError("min_change", "a distance >= 0, without log: true (use min_ratio there)", min_change)
+        self.z = float(z)
+        self.window = window
+        self.min_samples = min_samples
+        self.up = direction in ("up", "both")
+        self.down = direction in ("down", "both")
+        self.log = log
+        # the least distance from the median that counts, on the scale the score is taken on
+        self.margin = math.log(min_ratio) if log else float(min_change)
+
+    def new_state(self) -> _History:
+        return _History(self.window)
+
+    def check(self, state: _History, metric: str, value: Any, message: Message) -> Verdict | None:
+        if not math.isfinite(value):
+            return None  # the nonfinite rule's business
+        x = math.log(max(value, _TINY)) if self.log else float(value)
+        values = state.values
+        if len(values) < self.min_samples:
+            values.append(x)
+            return None
+        ordered = sorted(values)
+        median = _median(ordered)
+        mad = _median(sorted(abs(v - median) for v in ordered))
+        # a floor on the spread: a series that never moved would otherwise fire on rounding
+        spread = max(_MAD_TO_SIGMA * mad, 1e-12 if self.log else 1e-12 * abs(median))
+        # the value joins the window after it was judged, so a spike is not its own yardstick
+        values.append(x)
+        reach = max(self.z * spread, self.margin)
+        high = median + reach
+        low = median - reach
+        if self.up and x > high:
+            return True, float(value), self._unit(high)
+        if self.down and x < low:
+            return True, float(value), self._unit(low)
+        return False, float(value), self._unit(high if self.up else low)
+
+    def _unit(self, bound: float) -> float:
+        return math.exp(bound) if self.log else bound
