@@ -93,7 +93,12 @@ class AnomalyRule(Rule):
     def check(self, state: _History, metric: str, value: Any, message: Message) -> Verdict | None:
         if not math.isfinite(value):
             return None  # the nonfinite rule's business
-        x = math.log(max(value, _TINY)) if self.log else float(value)
+        if self.log:
+            if value < 0 or (value == 0 and not self.down):
+                return None  # off the log scale (PPO's total loss dips below 0); an exact 0 only means "vanished"
+            x = math.log(max(value, _TINY))
+        else:
+            x = float(value)
         values = state.values
         if len(values) < self.min_samples:
             values.append(x)

@@ -148,6 +148,23 @@ def train_supervised(seed: int, steps: int, fault: str | None, fault_at: int, ru
     print(f"{run}: {steps} steps", flush=True)
 
 
+def _die_with_parent() -> None:
+    """The suite killed outright must not leave trainings running (a frozen one never ends by itself)."""
+    import os
+    import threading
+
+    from bus.process import stop_with_parent
+
+    gone = threading.Event()
+    stop_with_parent(gone)
+
+    def leave() -> None:
+        gone.wait()
+        os._exit(1)
+
+    threading.Thread(target=leave, daemon=True, name="parent-gone").start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="one training of the labelled alert suite")
     parser.add_argument("--case", required=True, choices=[*CASES, "supervised"])
@@ -158,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True)
     parser.add_argument("--endpoint", required=True)
     args = parser.parse_args(argv)
+    _die_with_parent()
     if args.case == "supervised":
         train_supervised(args.seed, args.steps, args.fault, args.fault_at, args.run, args.endpoint)
     else:
