@@ -178,7 +178,8 @@ class SuiteStack:
             cwd=workdir,
             stdout=self.out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "METRICBUS_PARENT_PID": str(os.getpid())},  # stops by itself if we die
+            # this checkout's code (PYTHONPATH), and it stops by itself if we die
+            env={**os.environ, "PYTHONPATH": str(REPO), "METRICBUS_PARENT_PID": str(os.getpid())},
         )
         deadline = time.monotonic() + 90
         while b"ready" not in (workdir / "up.out").read_bytes():
