@@ -17,8 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from alerts.engine import AlertEngine  # noqa: E402  (after the path tweak)
-from bus.message import Message  # noqa: E402
-from sinks.jsonl_reader import list_runs, read_records, run_dir  # noqa: E402
+from sinks.jsonl_files import list_runs, message_of, read_records, run_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         engine = AlertEngine(rules=str(args.rules), restore=False)
         records = sorted(read_records(run_dir(args.root, run)), key=lambda r: (r["ts"], r.get("seq", 0)))
         fault = next((r for r in records if r["data"].get("event") == "fault_injected"), None)
-        messages = [
-            Message(r["kind"], r.get("run"), r["node"], r["pub"], r["seq"], r["ts"], r.get("step"), r["data"])
-            for r in records
-            if r["kind"] != "alert"
-        ]
-        engine.handle(messages)
+        messages = [message_of(r) for r in records if r["kind"] != "alert"]
+        engine.handle([m for m in messages if m is not None])
         engine.close()
         fired = [a for a in engine.recent if a["data"]["state"] == "firing"]
         at = f" (fault at step {fault['step']})" if fault else ""

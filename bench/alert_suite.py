@@ -39,7 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sinks.jsonl_reader import read_records, run_dir  # noqa: E402  (after the path tweak)
+from sinks.jsonl_files import message_of, read_records, run_dir  # noqa: E402  (after the path tweak)
 
 SEVERITY_RANK: Final = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 #: The least severity that "catches" each fault: a NaN or a dead process is critical, a run
@@ -173,8 +173,9 @@ class SuiteStack:
         self.config_path = workdir / "metricbus.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.out = (workdir / "up.out").open("wb")
+        ready = workdir / "up.ready"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bus", "up", str(self.config_path)],
+            [sys.executable, "-m", "metricbus", "up", str(self.config_path), "--ready-file", str(ready)],
             cwd=workdir,
             stdout=self.out,
             stderr=subprocess.STDOUT,
@@ -182,7 +183,7 @@ class SuiteStack:
             env={**os.environ, "PYTHONPATH": str(REPO), "METRICBUS_PARENT_PID": str(os.getpid())},
         )
         deadline = time.monotonic() + 90
-        while b"ready" not in (workdir / "up.out").read_bytes():
+        while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"metricbus up did not start:\n{(workdir / 'up.out').read_text()}")
             time.sleep(0.1)
@@ -270,7 +271,6 @@ def replayed_alerts(root: Path, run: str, rules: Path) -> list[dict[str, Any]]:
     their alerts are taken from what the live engine stored.
     """
     from alerts.engine import AlertEngine
-    from bus.message import Message
 
     rule_list = scaled_rules(rules, 1.0)["rules"]
     absence = {r["name"] for r in rule_list if r.get("kind") == "absence"}
@@ -281,8 +281,11 @@ def replayed_alerts(root: Path, run: str, rules: Path) -> list[dict[str, Any]]:
     for r in records:
         if r["kind"] == "alert":
             continue
+        message = message_of(r)
+        if message is None:
+            continue
         before = len(engine.recent)
-        engine.handle([Message(r["kind"], r.get("run"), r["node"], r["pub"], r["seq"], r["ts"], r.get("step"), r["data"])])
+        engine.handle([message])
         for alert in list(engine.recent)[before:]:
             out.append({**alert, "ts": r["ts"]})
     engine.close()
