@@ -10,7 +10,8 @@ means the same on both.
 The score is robust: the median and the median absolute deviation (MAD, scaled by 1.4826
 so it equals the standard deviation for normal data) of the previous ``window`` values,
 not their mean and standard deviation, so the spikes being looked for do not inflate the
-yardstick. ``log: true`` scores ``log(value)`` (gradient norms and losses spread over
+yardstick. The bounds are computed again every ``window // 10`` values (sorting the window
+on every value would cost the engine its budget); a value is judged before it joins. ``log: true`` scores ``log(value)`` (gradient norms and losses spread over
 orders of magnitude); ``min_ratio`` additionally asks for that factor above (or below)
 the median, and ``min_change`` (without ``log``) for that distance from it, so a
 near-constant series with a tiny MAD does not fire on a small wobble.
@@ -30,10 +31,12 @@ _TINY: Final = 1e-30  # log of an exact zero (a vanished gradient) is a very sma
 
 
 class _History:
-    __slots__ = ("values",)
+    __slots__ = ("due", "high", "low", "values")
 
     def __init__(self, window: int) -> None:
         self.values: deque[float] = deque(maxlen=window)
+        self.due = 0  # values to take before the bounds are computed again
+        self.high = self.low = 0.0
 
 
 def _median(ordered: list[float]) -> float:
@@ -84,6 +87,8 @@ class AnomalyRule(Rule):
         self.up = direction in ("up", "both")
         self.down = direction in ("down", "both")
         self.log = log
+        #: the bounds are computed again every this many values (a tenth of the window)
+        self.refresh = max(1, window // 10)
         # the least distance from the median that counts, on the scale the score is taken on
         self.margin = math.log(min_ratio) if log else float(min_change)
 
@@ -103,16 +108,20 @@ class AnomalyRule(Rule):
         if len(values) < self.min_samples:
             values.append(x)
             return None
-        ordered = sorted(values)
-        median = _median(ordered)
-        mad = _median(sorted(abs(v - median) for v in ordered))
-        # a floor on the spread: a series that never moved would otherwise fire on rounding
-        spread = max(_MAD_TO_SIGMA * mad, 1e-12 if self.log else 1e-12 * abs(median))
+        if state.due <= 0:
+            # two sorts of the window: ~5 µs, so done every `refresh` values, not on each one
+            state.due = self.refresh
+            ordered = sorted(values)
+            median = _median(ordered)
+            mad = _median(sorted([abs(v - median) for v in ordered]))
+            # a floor on the spread: a series that never moved would otherwise fire on rounding
+            spread = max(_MAD_TO_SIGMA * mad, 1e-12 if self.log else 1e-12 * abs(median))
+            reach = max(self.z * spread, self.margin)
+            state.high, state.low = median + reach, median - reach
+        state.due -= 1
+        high, low = state.high, state.low
         # the value joins the window after it was judged, so a spike is not its own yardstick
         values.append(x)
-        reach = max(self.z * spread, self.margin)
-        high = median + reach
-        low = median - reach
         if self.up and x > high:
             return True, float(value), self._unit(high)
         if self.down and x < low:

@@ -300,13 +300,14 @@ class DivergenceRule(Rule):
 
 
 class _Best:
-    __slots__ = ("best", "best_step", "since_best", "smooth")
+    __slots__ = ("best", "best_step", "since_best", "smooth", "total")
 
     def __init__(self, smooth: int = 1) -> None:
         self.best: float | None = None
         self.best_step: int | None = None
         self.since_best = 0
         self.smooth: deque[float] = deque(maxlen=smooth)
+        self.total = 0.0  # running sum of `smooth`: a mean in O(1) per episode
 
 
 class StagnationRule(Rule):
@@ -360,10 +361,13 @@ class StagnationRule(Rule):
             return None
         score = self.sign * value
         if self.smoothing > 1:
-            state.smooth.append(score)
-            if len(state.smooth) < self.smoothing:
+            window = state.smooth
+            full = len(window) == self.smoothing
+            state.total += score - (window[0] if full else 0.0)
+            window.append(score)
+            if not full and len(window) < self.smoothing:
                 return None
-            score = sum(state.smooth) / self.smoothing
+            score = state.total / self.smoothing
         if state.best is None or score > state.best + self.min_delta:
             state.best, state.best_step, state.since_best = score, message.step, 0
             return False, 0.0, float(self.patience)
@@ -380,10 +384,11 @@ class StagnationRule(Rule):
 
 
 class _Drop:
-    __slots__ = ("best", "count", "first_n", "first_sq", "first_sum", "recent", "smooth")
+    __slots__ = ("best", "count", "first_n", "first_sq", "first_sum", "recent", "smooth", "total")
 
     def __init__(self, smooth: int, window: int) -> None:
         self.smooth: deque[float] = deque(maxlen=smooth)
+        self.total = 0.0  # running sum of `smooth`
         self.recent: deque[float] = deque(maxlen=window)
         self.best: float | None = None
         self.count = 0
@@ -450,10 +455,13 @@ class DropRule(Rule):
             state.first_n += 1
             state.first_sum += value
             state.first_sq += value * value
-        state.smooth.append(value)
-        if len(state.smooth) < self.smoothing:
+        window = state.smooth
+        full = len(window) == self.smoothing
+        state.total += value - (window[0] if full else 0.0)
+        window.append(value)
+        if not full and len(window) < self.smoothing:
             return None
-        current = sum(state.smooth) / self.smoothing
+        current = state.total / self.smoothing
         ready = state.count >= self.window
         state.count += 1
         if self.reference == "best":

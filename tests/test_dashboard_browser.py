@@ -241,7 +241,7 @@ def test_a_point_published_now_is_visible_within_2s(dashboard: Dashboard, publis
 
 
 def test_alert_appears_firing_then_moves_to_history(dashboard: Dashboard, publishers: dict[str, Publisher]) -> None:
-    """An alert on the bus is listed as firing, coloured by severity; once resolved it is history."""
+    """An alert on the bus is listed as firing with its hint; once resolved it is counted in one line that opens."""
     page = dashboard.page
     alert = {
         "rule": "grad_explosion",
@@ -251,13 +251,18 @@ def test_alert_appears_firing_then_moves_to_history(dashboard: Dashboard, publis
         "threshold": 100.0,
         "since": time.time(),
     }
-    publishers["ppo-b"].alert({**alert, "state": "firing", "message": "grad norm 1e6 > 100"})
+    publishers["ppo-b"].alert({**alert, "state": "firing", "message": "grad norm 1e6 > 100", "hint": "lower the lr"})
     row = page.wait_for_selector('[data-alerts="firing"] tr[data-alert-rule="grad_explosion"]')
     assert row.get_attribute("data-severity") == "critical"
     assert "grad norm 1e6 > 100" in row.inner_text()
+    assert "check: lower the lr" in row.inner_text()
     publishers["ppo-b"].alert({**alert, "state": "resolved", "message": "grad norm back under 100"})
-    page.wait_for_selector('[data-alerts="resolved"] tr[data-alert-rule="grad_explosion"]')
     page.wait_for_selector('[data-alerts="firing"][data-count="0"]')
+    folded = page.wait_for_selector('#alerts-resolved[data-resolved="1"]')
+    assert "1 resolved alert" in folded.inner_text()
+    assert not page.is_visible('[data-alerts="resolved"] tr[data-alert-rule="grad_explosion"]')  # folded away
+    page.click("#alerts-resolved summary")
+    page.wait_for_selector('[data-alerts="resolved"] tr[data-alert-rule="grad_explosion"]')
 
 
 def test_header_counts_seq_gaps_and_publisher_drops(dashboard: Dashboard, publishers: dict[str, Publisher]) -> None:

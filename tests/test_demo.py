@@ -175,3 +175,33 @@ def test_a_killed_demo_leaves_no_stack_or_training_behind(tmp_path: Path) -> Non
     wait_until(lambda: not _processes_mentioning(frontend), 60, "the runs to stop after the demo died")
     wait_until(lambda: not _processes_mentioning(str(config)), 60, "the stack to stop after the demo died")
     assert not broker_answers(frontend)
+
+
+@pytest.mark.slow
+def test_demo_fault_nan_alerts_at_once_beside_a_healthy_run_that_raises_nothing(tmp_path: Path) -> None:
+    """`demo --fault nan` crashes one run, which raises run-failed (critical, with the exception and a hint);
+    the healthy run beside it raises no error."""
+    config, _ = _config(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["sampler"]["enabled"] = False
+    rules = Path(__file__).resolve().parent.parent / "configs" / "alerts.yaml"
+    data["sinks"]["alerts"] = {"type": "alerts", "topics": ["metrics/", "episode/", "event/", "bus/"],
+                               "rules": str(rules), "notify": []}  # fmt: skip
+    config.write_text(yaml.safe_dump(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICBUS_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "metricbus", "demo", "--timesteps", "3000", "--fault", "nan", "--exit",
+         "--config", str(config)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    root = tmp_path / "logs"
+    faulty = [r for r in list_runs(root) if "-nan-" in r]
+    healthy = [r for r in list_runs(root) if r.startswith("ppo-cartpole-") and "-nan-" not in r]
+    assert len(faulty) == 1 and len(healthy) == 1, list_runs(root)
+    alerts = [a["data"] for a in read_records(run_dir(root, faulty[0]), ["alert"])]
+    failed = [a for a in alerts if a["rule"] == "run-failed"]
+    assert failed and failed[0]["severity"] == "critical", alerts
+    assert "ValueError" in failed[0]["detail"] and failed[0]["hint"]
+    calm = [a for a in read_records(run_dir(root, healthy[0]), ["alert"]) if a["data"]["severity"] in ("error", "critical")]
+    assert calm == []

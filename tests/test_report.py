@@ -39,7 +39,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 )
             for i in range(EPISODES):
                 pub.episode({"reward": 10.0 + i, "length": 100 + i}, step=i * 40)
-            alert = {"rule": "reward_stagnation", "severity": "warning", "metric": "episode/reward", "since": 0.0}
+            alert = {"rule": "reward_stagnation", "severity": "warning", "metric": "episode/reward", "since": 0.0,
+                     "hint": "check the learning rate"}  # fmt: skip
             pub.alert({**alert, "state": "firing", "message": "no progress", "value": 12.0, "threshold": 15.0})
             pub.alert({**alert, "state": "resolved", "message": "progress again", "value": 40.0, "threshold": 15.0})
             node.system({"cpu/percent": 14.0, "mem/percent": 31.0})
@@ -78,6 +79,12 @@ def test_markdown_summary_counts_episodes_and_names_the_outcome(finished_run: Pa
     assert float(summary["final reward"]) == pytest.approx(28.0)
     assert "value_loss" in summary["final losses"]
     assert summary["alerts fired"].startswith("1 (reward_stagnation")
+    diagnosis = text.split("## Diagnosis", 1)[1]  # what fired, when, its hint, how the run ended
+    assert "**done-1**" in diagnosis
+    assert "- ended completed; 1 rule(s) fired, the worst warning (reward_stagnation)." in diagnosis
+    line = next(x for x in diagnosis.splitlines() if x.startswith("- warning reward_stagnation"))
+    assert "since resolved" in line and line.endswith("no progress")
+    assert "  - check: check the learning rate" in diagnosis
 
 
 @pytest.mark.browser
