@@ -101,7 +101,7 @@ class AbsenceTracker:
             source = run if scope == "run" else message.node if scope == "node" else message.pub
             if source is None:
                 continue
-            tracked = self._seen[rule.name]
+            tracked = self._seen[rule.spec.name]  # not the .name property: this runs per message
             seen = tracked.get(source)
             if seen is None:
                 tracked.put(source, _Seen(now, run, message.node))

@@ -10,7 +10,7 @@ means the same on both.
 The score is robust: the median and the median absolute deviation (MAD, scaled by 1.4826
 so it equals the standard deviation for normal data) of the previous ``window`` values,
 not their mean and standard deviation, so the spikes being looked for do not inflate the
-yardstick. The bounds are computed again every ``window // 10`` values (sorting the window
+yardstick. The bounds are computed again every ``window // 5`` values (sorting the window
 on every value would cost the engine its budget); a value is judged before it joins. ``log: true`` scores ``log(value)`` (gradient norms and losses spread over
 orders of magnitude); ``min_ratio`` additionally asks for that factor above (or below)
 the median, and ``min_change`` (without ``log``) for that distance from it, so a
@@ -31,12 +31,13 @@ _TINY: Final = 1e-30  # log of an exact zero (a vanished gradient) is a very sma
 
 
 class _History:
-    __slots__ = ("due", "high", "low", "values")
+    __slots__ = ("due", "high", "high_unit", "low", "low_unit", "values")
 
     def __init__(self, window: int) -> None:
         self.values: deque[float] = deque(maxlen=window)
         self.due = 0  # values to take before the bounds are computed again
-        self.high = self.low = 0.0
+        self.high = self.low = 0.0  # on the score's scale (log or not)
+        self.high_unit = self.low_unit = 0.0  # in the metric's own unit, for the alert's text
 
 
 def _median(ordered: list[float]) -> float:
@@ -87,8 +88,8 @@ class AnomalyRule(Rule):
         self.up = direction in ("up", "both")
         self.down = direction in ("down", "both")
         self.log = log
-        #: the bounds are computed again every this many values (a tenth of the window)
-        self.refresh = max(1, window // 10)
+        #: the bounds are computed again every this many values (a fifth of the window)
+        self.refresh = max(1, window // 5)
         # the least distance from the median that counts, on the scale the score is taken on
         self.margin = math.log(min_ratio) if log else float(min_change)
 
@@ -96,8 +97,8 @@ class AnomalyRule(Rule):
         return _History(self.window)
 
     def check(self, state: _History, metric: str, value: Any, message: Message) -> Verdict | None:
-        if not math.isfinite(value):
-            return None  # the nonfinite rule's business
+        if value - value != 0:
+            return None  # NaN or Inf: the nonfinite rule's business
         if self.log:
             if value < 0 or (value == 0 and not self.down):
                 return None  # off the log scale (PPO's total loss dips below 0); an exact 0 only means "vanished"
@@ -118,15 +119,17 @@ class AnomalyRule(Rule):
             spread = max(_MAD_TO_SIGMA * mad, 1e-12 if self.log else 1e-12 * abs(median))
             reach = max(self.z * spread, self.margin)
             state.high, state.low = median + reach, median - reach
+            state.high_unit, state.low_unit = self._unit(state.high), self._unit(state.low)
         state.due -= 1
-        high, low = state.high, state.low
         # the value joins the window after it was judged, so a spike is not its own yardstick
         values.append(x)
-        if self.up and x > high:
-            return True, float(value), self._unit(high)
-        if self.down and x < low:
-            return True, float(value), self._unit(low)
-        return False, float(value), self._unit(high if self.up else low)
+        if self.up and x > state.high:
+            return True, value, state.high_unit
+        if self.down and x < state.low:
+            return True, value, state.low_unit
+        return False, value, state.high_unit if self.up else state.low_unit
 
     def _unit(self, bound: float) -> float:
-        return math.exp(bound) if self.log else bound
+        if not self.log:
+            return bound
+        return math.exp(bound) if bound < 700 else math.inf

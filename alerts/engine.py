@@ -38,7 +38,7 @@ from alerts.absence import AbsenceTracker, split_rules
 from alerts.loading import load_rules
 from alerts.notifiers import NotifierWorker, build_notifiers, check_notify
 from alerts.rules import AbsenceRule, Rule
-from alerts.state import FIRING, RESOLVED, RestoreStats, Series, SeriesKey, restore_alerts
+from alerts.state import FIRING, INACTIVE, RESOLVED, RestoreStats, Series, SeriesKey, restore_alerts
 from bus.bounded import Recent
 from bus.message import Message, default_node, payload
 from bus.options import Where
@@ -209,16 +209,18 @@ class AlertEngine:
                 return
             targets = tuple(s for s in targets if s.rule.accepts_text)  # rare: a run_ended status
         for series in targets:
-            rule = series.rule
-            if kind is bool and not rule.accepts_bool:
+            if kind is bool and not series.rule.accepts_bool:
                 continue
             try:
-                verdict = rule.check(series.memory, metric, value, message)
+                verdict = series.check(series.memory, metric, value, message)
             except Exception as exc:  # a plug-in rule's bug must not stop the other rules
-                self._rule_failed(rule, exc)
+                self._rule_failed(series.rule, exc)
                 continue
             if verdict is None:
                 continue
+            if not verdict[0] and series.phase == INACTIVE:
+                continue  # the common case: nothing held, nothing to record (an inactive series has count 0)
+            rule = series.rule
             active, series.value, series.threshold = verdict
             series.step = message.step
             series.node = message.node
@@ -229,7 +231,7 @@ class AlertEngine:
                 self._emit(series, change)
 
     def _new_series(self, key: SeriesKey, rule: Rule, run: str | None, node: str) -> Series | None:
-        return self._series.put(key, Series(rule, key[1], key[2], run, node, rule.new_state()))
+        return self._series.put(key, Series(rule, key[1], key[2], run, node, rule.new_state(), check=rule.check))
 
     def _forget_series(self, key: SeriesKey, series: Series) -> None:
         # Pushed out by newer series (max_series): the least recently seen, a flood's own.

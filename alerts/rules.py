@@ -348,6 +348,8 @@ class StagnationRule(Rule):
         self.smoothing = smooth
         self.below_best = float(below_best)
         self.patience = patience
+        self._patience = float(patience)
+        self._improved: Verdict = (False, 0.0, self._patience)  # one tuple for the common answer
         self.min_delta = float(min_delta)
         self.sign = 1.0 if mode == "max" else -1.0
         self.unit = unit
@@ -357,34 +359,40 @@ class StagnationRule(Rule):
         return _Best(self.smoothing)
 
     def check(self, state: _Best, metric: str, value: Any, message: Message) -> Verdict | None:
-        if not math.isfinite(value):
-            return None
+        # every episode of every run comes through here: kept to a few operations
+        if value - value != 0:
+            return None  # NaN or Inf
         score = self.sign * value
-        if self.smoothing > 1:
+        n = self.smoothing
+        if n > 1:
             window = state.smooth
-            full = len(window) == self.smoothing
-            state.total += score - (window[0] if full else 0.0)
-            window.append(score)
-            if not full and len(window) < self.smoothing:
-                return None
-            score = state.total / self.smoothing
-        if state.best is None or score > state.best + self.min_delta:
+            if len(window) == n:
+                state.total += score - window[0]
+                window.append(score)
+            else:
+                state.total += score
+                window.append(score)
+                if len(window) < n:
+                    return None
+            score = state.total / n
+        best = state.best
+        if best is None or score > best + self.min_delta:
             state.best, state.best_step, state.since_best = score, message.step, 0
-            return False, 0.0, float(self.patience)
+            return self._improved
         state.since_best += 1
+        if self.below_best and score >= best - self.below_best * abs(best):
+            return self._improved  # at (or near) its best: a plateau, not stuck
         if self.unit == "steps":
             if message.step is None or state.best_step is None:
                 return None
             waited = float(message.step - state.best_step)
         else:
             waited = float(state.since_best)
-        if self.below_best and score >= state.best - self.below_best * abs(state.best):
-            return False, waited, float(self.patience)  # at (or near) its best: a plateau, not stuck
-        return waited >= self.patience, waited, float(self.patience)
+        return waited >= self.patience, waited, self._patience
 
 
 class _Drop:
-    __slots__ = ("best", "count", "first_n", "first_sq", "first_sum", "recent", "smooth", "total")
+    __slots__ = ("armed_above", "best", "count", "first", "first_n", "first_sq", "first_sum", "recent", "smooth", "total")
 
     def __init__(self, smooth: int, window: int) -> None:
         self.smooth: deque[float] = deque(maxlen=smooth)
@@ -394,6 +402,8 @@ class _Drop:
         self.count = 0
         self.first_n = 0  # the first `window` raw values: where the run started, and how noisy
         self.first_sum = self.first_sq = 0.0
+        self.first = 0.0  # their mean, once there are `window` of them
+        self.armed_above: float | None = None  # of: gain judges once the best is above this
 
 
 class DropRule(Rule):
@@ -449,12 +459,16 @@ class DropRule(Rule):
         return _Drop(self.smoothing, self.window)
 
     def check(self, state: _Drop, metric: str, value: Any, message: Message) -> Verdict | None:
-        if not math.isfinite(value):
-            return None
+        if value - value != 0:
+            return None  # NaN or Inf
         if state.first_n < self.window:
-            state.first_n += 1
+            state.first_n = n = state.first_n + 1
             state.first_sum += value
             state.first_sq += value * value
+            if n == self.window:
+                state.first = first = state.first_sum / n
+                spread = math.sqrt(max(0.0, state.first_sq / n - first * first))
+                state.armed_above = first + self.min_gain * spread
         window = state.smooth
         full = len(window) == self.smoothing
         state.total += value - (window[0] if full else 0.0)
@@ -466,20 +480,18 @@ class DropRule(Rule):
         state.count += 1
         if self.reference == "best":
             reference = state.best
-            state.best = current if reference is None else max(reference, current)
+            if reference is None or current > reference:
+                state.best = current
         else:
             reference = sum(state.recent) / len(state.recent) if state.recent else None
             state.recent.append(current)
         if not ready or reference is None:
             return None
         if self.gain:
-            n = state.first_n
-            first = state.first_sum / n
-            spread = math.sqrt(max(0.0, state.first_sq / n - first * first))
-            gained = reference - first
-            if gained <= 0 or gained < self.min_gain * spread:
-                return False, current, first  # nothing learned yet: nothing to lose
-            bound = reference - self.relative * gained
+            armed_above = state.armed_above
+            if armed_above is None or reference <= armed_above or reference <= state.first:
+                return False, current, state.first  # nothing learned yet: nothing to lose
+            bound = reference - self.relative * (reference - state.first)
         else:
             bound = reference - self.relative * abs(reference)
         return current < bound, current, bound

@@ -57,6 +57,8 @@ class Series:
     threshold: float | None = None
     step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``rule.check``, bound once: the engine calls it for every value this series sees
+    check: Any = None
 
     def advance(self, active: bool, ts: float) -> str | None:
         """Feed one verdict at time ``ts``; returns ``firing``/``resolved`` when one goes out."""

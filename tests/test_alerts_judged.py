@@ -133,7 +133,7 @@ def test_every_default_rule_has_a_hint_and_the_old_bounds_are_opt_in() -> None:
     rules = load_rules(None, configs, Where("test"))
     assert all(r.spec.hint for r in rules), [r.name for r in rules if not r.spec.hint]
     optin = {r.name: r for r in load_rules("alerts-optin.yaml", configs, Where("test"))}
-    assert set(optin) == {"grad-norm-high", "grad-norm-tiny", "grad-zeros-high", "loss-divergence"}
+    assert set(optin) == {"grad-vanishing", "grad-norm-high", "grad-norm-tiny", "grad-zeros-high", "loss-divergence"}
     both = load_rules(["alerts.yaml", "alerts-optin.yaml"], configs, Where("test"))
     assert len(both) == len(rules) + len(optin)  # names do not clash
 

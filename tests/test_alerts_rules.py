@@ -81,7 +81,7 @@ def test_default_rules_load() -> None:
     rules = load_rules(None, Path.cwd(), Where("test"))
     names = {r.name for r in rules}
     assert {
-        "run-failed", "nonfinite", "grad-spike", "policy-jump", "loss-spike", "grad-vanishing", "grad-dead-units",
+        "run-failed", "nonfinite", "grad-spike", "policy-jump", "loss-spike", "grad-dead-units",
         "reward-collapse", "reward-stagnation", "cpu-high", "memory-high", "gpu-memory-high", "gpu-hot",
         "run-silent", "run-stalled", "publisher-dropping", "failed-episodes",
     } <= names  # fmt: skip
