@@ -264,20 +264,50 @@ def _injected(root: Path, run: str) -> dict[str, Any] | None:
 # -- judging ----------------------------------------------------------------------------------------
 
 
-def replayed_alerts(root: Path, run: str, rules: Path) -> list[dict[str, Any]]:
+def _gap_alerts(records: list[dict[str, Any]], rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Absence judged on the recorded gaps with the rules' own ``after`` (not the scaled one).
+
+    A run's silence fires when the gap between two of its messages (of the kinds the rule
+    selects) reaches ``after``, at the earlier one's time + ``after``; a run that ended
+    completed is finished. The live suite scales ``after`` down to seconds; on a machine
+    running a dozen trainings on 2 cores that fires on healthy runs whose updates take
+    longer, which says nothing about the 60 s / 2 min defaults. This says what they would do.
+    """
+    from alerts.rules import parse_duration
+
+    out = []
+    for rule in rules:
+        kinds = (rule.get("select") or {}).get("kind") or ["metrics", "episode", "system", "event"]
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        after = parse_duration(rule.get("after", 60), "after")
+        times = [r["ts"] for r in records if r["kind"] in kinds]
+        for earlier, later in zip(times, times[1:], strict=False):
+            if later - earlier >= after:
+                data = {"rule": rule["name"], "severity": rule.get("severity", "warning"), "state": "firing"}
+                out.append({"ts": earlier + after, "step": None, "data": data})
+    return out
+
+
+def replayed_alerts(root: Path, run: str, rules: Path, live_absence: bool) -> list[dict[str, Any]]:
     """``--rejudge``: the run's records fed again, one by one, to an engine on ``rules``.
 
     Each alert gets the time of the message that raised it. Absence rules need live time:
-    their alerts are taken from what the live engine stored.
+    for ``live_absence`` runs (a freeze, a kill) their alerts are the live engine's; for
+    the others they are judged on the recorded gaps with the rules' real ``after``.
     """
     from alerts.engine import AlertEngine
 
-    rule_list = scaled_rules(rules, 1.0)["rules"]
-    absence = {r["name"] for r in rule_list if r.get("kind") == "absence"}
+    rule_list = yaml.safe_load(rules.read_text())
+    rule_list = rule_list["rules"] if isinstance(rule_list, dict) else rule_list
+    absence = [r for r in rule_list if r.get("kind") == "absence"]
     live = [r for r in rule_list if r.get("kind") != "absence"]
     engine = AlertEngine(rules=live, restore=False)
-    out = [r for r in _records(root, run, "alert") if r["data"].get("rule") in absence]
     records = sorted(read_records(run_dir(root, run)), key=lambda r: (r["ts"], r.get("seq", 0)))
+    if live_absence:
+        names = {r["name"] for r in absence}
+        out = [r for r in _records(root, run, "alert") if r["data"].get("rule") in names]
+    else:
+        out = _gap_alerts(records, absence)
     for r in records:
         if r["kind"] == "alert":
             continue
@@ -295,7 +325,10 @@ def replayed_alerts(root: Path, run: str, rules: Path) -> list[dict[str, Any]]:
 def judge(root: Path, cases: list[Case], rejudge: Path | None = None) -> list[Outcome]:
     outcomes = []
     for case in cases:
-        recorded = replayed_alerts(root, case.run, rejudge) if rejudge else _records(root, case.run, "alert")
+        if rejudge:
+            recorded = replayed_alerts(root, case.run, rejudge, case.fault in ("freeze", "kill"))
+        else:
+            recorded = _records(root, case.run, "alert")
         alerts = [r for r in recorded if r["data"].get("state") == "firing"]
         events = _records(root, case.run, "event")
         ended = [e["data"] for e in events if e["data"].get("event") == "run_ended"]
@@ -386,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rejudge",
         type=Path,
         metavar="DIR",
-        help="train nothing: judge the runs a --keep DIR run left with --rules (absence alerts as recorded)",
+        help="train nothing: judge the runs a --keep DIR run left with --rules (absence on the recorded gaps)",
     )
     args = parser.parse_args(argv)
     cases = QUICK if args.quick else BENCH
