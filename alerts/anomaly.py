@@ -11,7 +11,8 @@ The score is robust: the median and the median absolute deviation (MAD, scaled b
 so it equals the standard deviation for normal data) of the previous ``window`` values,
 not their mean and standard deviation, so the spikes being looked for do not inflate the
 yardstick. The bounds are computed again every ``window // 5`` values (sorting the window
-on every value would cost the engine its budget); a value is judged before it joins. ``log: true`` scores ``log(value)`` (gradient norms and losses spread over
+on every value would cost the engine its budget); a value is judged before it joins.
+``log: true`` scores ``log(value)`` (gradient norms and losses spread over
 orders of magnitude); ``min_ratio`` additionally asks for that factor above (or below)
 the median, and ``min_change`` (without ``log``) for that distance from it, so a
 near-constant series with a tiny MAD does not fire on a small wobble.
@@ -56,7 +57,9 @@ class AnomalyRule(Rule):
     """
 
     kind = "anomaly"
-    template = "{rule}: {metric} = {value:.4g} on {source}, far outside its recent values (alert beyond {threshold:.4g})"
+    template = (
+        "{rule}: {metric} = {value:.4g} on {source}, far outside its recent values (alert beyond {threshold:.4g})"
+    )
 
     def __init__(
         self,

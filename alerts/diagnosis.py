@@ -50,9 +50,7 @@ def findings(alerts: Iterable[Mapping[str, Any]]) -> list[Finding]:
             hint=str(a.get("hint") or ""),
             resolved=False,
         )
-    return [
-        Finding(f.rule, f.severity, f.ts, f.step, f.message, f.hint, f.rule in resolved) for f in first.values()
-    ]
+    return [Finding(f.rule, f.severity, f.ts, f.step, f.message, f.hint, f.rule in resolved) for f in first.values()]
 
 
 def diagnose(status: str, error: str | None, alerts: Iterable[Mapping[str, Any]]) -> list[str]:

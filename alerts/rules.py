@@ -392,7 +392,9 @@ class StagnationRule(Rule):
 
 
 class _Drop:
-    __slots__ = ("armed_above", "best", "count", "first", "first_n", "first_sq", "first_sum", "recent", "smooth", "total")
+    __slots__ = (
+        "armed_above", "best", "count", "first", "first_n", "first_sq", "first_sum", "recent", "smooth", "total",
+    )  # fmt: skip
 
     def __init__(self, smooth: int, window: int) -> None:
         self.smooth: deque[float] = deque(maxlen=smooth)

@@ -98,8 +98,14 @@ def train_supervised(seed: int, steps: int, fault: str | None, fault_at: int, ru
     import torch
 
     from bus.publisher import Publisher
-    from publishers.faults import heartbeat_forever, kill_relus, kill_self, poison_first_weight, publish_fault
-    from publishers.faults import scale_learning_rate
+    from publishers.faults import (
+        heartbeat_forever,
+        kill_relus,
+        kill_self,
+        poison_first_weight,
+        publish_fault,
+        scale_learning_rate,
+    )
     from publishers.torch import GradientMonitor
 
     torch.set_num_threads(1)

@@ -22,6 +22,7 @@ few runs, small step counts. The default is the benchmark whose table is in
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -281,7 +282,7 @@ def _gap_alerts(records: list[dict[str, Any]], rules: list[dict[str, Any]]) -> l
         kinds = [kinds] if isinstance(kinds, str) else kinds
         after = parse_duration(rule.get("after", 60), "after")
         times = [r["ts"] for r in records if r["kind"] in kinds]
-        for earlier, later in zip(times, times[1:], strict=False):
+        for earlier, later in itertools.pairwise(times):
             if later - earlier >= after:
                 data = {"rule": rule["name"], "severity": rule.get("severity", "warning"), "state": "firing"}
                 out.append({"ts": earlier + after, "step": None, "data": data})

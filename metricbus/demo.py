@@ -196,7 +196,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     codes = _wait_workers(workers, stop)
     # the faulty run may crash or be killed: that is what it was asked to do
-    failed = [run for i, ((_, run), code) in enumerate(zip(runs, codes, strict=True)) if code != 0 and not (fault and i)]
+    outcomes = enumerate(zip(runs, codes, strict=True))
+    failed = [run for i, ((_, run), code) in outcomes if code != 0 and not (fault and i)]
     interrupted = stop.is_set()
     if interrupted:
         say("interrupted; every run reported how far it got")

@@ -254,7 +254,8 @@ def _diagnosis_html(summaries: Sequence[RunSummary]) -> str:
             f"<li>{html.escape(line)}</li>"
             for line in s.diagnosis
         )  # fmt: skip
-        parts.append(f"<div class='diagnosis' data-run='{html.escape(s.run)}'><b>{html.escape(s.run)}</b><ul>{items}</ul></div>")
+        run = html.escape(s.run)
+        parts.append(f"<div class='diagnosis' data-run='{run}'><b>{run}</b><ul>{items}</ul></div>")
     return "".join(parts)
 
 

@@ -55,7 +55,7 @@ def test_healthy_runs_raise_no_error_and_at_most_one_warning(suite: dict[str, An
 
 @pytest.mark.slow
 def test_every_fault_is_caught_at_a_fitting_severity_and_in_time(suite: dict[str, Any]) -> None:
-    """NaN in the same update, explosion within 10 updates, collapse within 50 episodes, freeze/kill within after+5 s."""
+    """NaN in the same update, explosion in 10 updates, collapse in 50 episodes, freeze/kill in after + 5 s."""
     by_fault = {o["fault"]: o for o in suite["outcomes"] if o["fault"]}
     assert set(by_fault) == {"nan", "explode", "collapse", "nan-loss", "dead", "freeze", "kill"}
     for fault, o in by_fault.items():

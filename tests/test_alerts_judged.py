@@ -12,13 +12,27 @@ from typing import Any
 
 import pytest
 import yaml
-from test_alerts_rules import feed  # noqa: F401  (the fixture)
+from test_alerts_rules import Feed
 
 from alerts import load_rules
 from alerts.diagnosis import diagnose
 from alerts.loading import Where
 from alerts.notifiers import alert_text
 from bus.config import ConfigError
+
+
+@pytest.fixture
+def feed() -> Any:
+    made: list[Feed] = []
+
+    def make(*rules: dict[str, Any], **options: Any) -> Feed:
+        made.append(Feed(list(rules), **options))
+        return made[-1]
+
+    yield make
+    for f in made:
+        f.close()
+
 
 ANOMALY = {"name": "spike", "kind": "anomaly", "select": {"metric": "g"}, "window": 20, "min_samples": 10}
 
@@ -79,7 +93,9 @@ def test_bad_anomaly_options_fail_at_load_with_their_key(tmp_path: Path, options
 
 def test_selector_exclude_keeps_explained_variance_nan_out_of_nonfinite(feed: Any) -> None:
     """exclude takes SB3's legitimate NaN explained_variance out; a NaN loss in the same update still fires."""
-    f = feed({"name": "nan", "kind": "nonfinite", "select": {"metric": "train/*", "exclude": "train/explained_variance"}})
+    f = feed(
+        {"name": "nan", "kind": "nonfinite", "select": {"metric": "train/*", "exclude": "train/explained_variance"}}
+    )
     assert f.send({"train/explained_variance": math.nan, "train/value_loss": 1.0}) == []
     fired = f.send({"train/explained_variance": math.nan, "train/value_loss": math.nan})
     assert [(a["data"]["rule"], a["data"]["metric"]) for a in fired] == [("nan", "train/value_loss")]
@@ -87,17 +103,19 @@ def test_selector_exclude_keeps_explained_variance_nan_out_of_nonfinite(feed: An
 
 def test_ended_rule_fires_at_once_with_the_exception_and_stays(feed: Any) -> None:
     """run_ended failed fires a critical alert carrying the error text; completed does not; it is not resolved."""
-    rule = {"name": "run-failed", "kind": "ended", "severity": "critical", "select": {"kind": "event", "metric": "status"},
-            "hint": "read the exception"}  # fmt: skip
+    select = {"kind": "event", "metric": "status"}
+    rule = {"name": "run-failed", "kind": "ended", "severity": "critical", "select": select, "hint": "read it"}
     f = feed(rule)
     assert f.send({"event": "run_ended", "status": "completed"}, kind="event") == []
-    fired = f.send({"event": "run_ended", "status": "failed", "error": "ValueError: nan logits"}, run="r2", kind="event")
+    fired = f.send(
+        {"event": "run_ended", "status": "failed", "error": "ValueError: nan logits"}, run="r2", kind="event"
+    )
     assert len(fired) == 1
     data = fired[0]["data"]
     assert (data["rule"], data["severity"], data["state"]) == ("run-failed", "critical", "firing")
     assert data["detail"] == "ValueError: nan logits"
     assert "ValueError: nan logits" in data["message"]
-    assert data["hint"] == "read the exception"
+    assert data["hint"] == "read it"
     assert f.send({"event": "heartbeat", "sent": 1, "dropped": 0}, run="r2", kind="event") == []
 
 
@@ -140,7 +158,13 @@ def test_every_default_rule_has_a_hint_and_the_old_bounds_are_opt_in() -> None:
 
 def test_hint_rides_in_the_notice_text_and_the_diagnosis() -> None:
     """A firing alert's one-line text ends with its hint; the diagnosis lists the worst first, with hints."""
-    alert = {"rule": "grad-spike", "severity": "error", "state": "firing", "message": "norm 500", "hint": "lower the lr"}
+    alert = {
+        "rule": "grad-spike",
+        "severity": "error",
+        "state": "firing",
+        "message": "norm 500",
+        "hint": "lower the lr",
+    }
     assert alert_text(alert) == "[error] FIRING grad-spike: norm 500 — check: lower the lr"
     assert "check" not in alert_text({**alert, "state": "resolved"})
     lines = diagnose(
@@ -148,9 +172,16 @@ def test_hint_rides_in_the_notice_text_and_the_diagnosis() -> None:
         "ValueError: nan",
         [
             {**alert, "ts": 100.0, "step": 6400},
-            {"rule": "run-failed", "severity": "critical", "state": "firing", "message": "crashed", "hint": "read it",
-             "ts": 101.0, "step": 6500},
-        ],  # fmt: skip
+            {
+                "rule": "run-failed",
+                "severity": "critical",
+                "state": "firing",
+                "message": "crashed",
+                "hint": "read it",
+                "ts": 101.0,
+                "step": 6500,
+            },
+        ],
     )
     assert lines[0] == "ended failed: ValueError: nan; 2 rule(s) fired, the worst critical (run-failed)."
     assert lines[1].startswith("critical run-failed") and lines[1].endswith("at step 6500: crashed")

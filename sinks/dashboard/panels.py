@@ -91,8 +91,11 @@ def alert_table(alerts: list[dict[str, Any]], state: str, total: int | None = No
                     html.Td(
                         [
                             html.Div(a["message"]),
-                            *([html.Div(f"check: {a['hint']}", className="hint", style=_HINT_STYLE)]
-                              if a.get("hint") else []),
+                            *(
+                                [html.Div(f"check: {a['hint']}", className="hint", style=_HINT_STYLE)]
+                                if a.get("hint")
+                                else []
+                            ),
                         ]
                     ),
                     html.Td(when),
