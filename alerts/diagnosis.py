@@ -46,7 +46,7 @@ def findings(alerts: Iterable[Mapping[str, Any]]) -> list[Finding]:
             severity=str(a.get("severity", "warning")),
             ts=float(a.get("fired_ts") or a.get("since") or a.get("ts") or 0.0),
             step=step if isinstance(step, int) and a.get("state") == "firing" else None,
-            message=str(a.get("message", "")),
+            message=str(a.get("fired_message") or a.get("message", "")),
             hint=str(a.get("hint") or ""),
             resolved=False,
         )

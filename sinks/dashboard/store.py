@@ -145,6 +145,7 @@ class AlertBook:
         if entry["state"] == "resolved":
             fired = self.active.pop(key, None)
             entry["fired_ts"] = fired["ts"] if fired else entry["since"]
+            entry["fired_message"] = fired["message"] if fired else ""  # what it said when it fired
             self.history.appendleft(entry)
             while len(self.history) > self.max_history:
                 self.history.pop()
