@@ -148,8 +148,8 @@ def train_supervised(seed: int, steps: int, fault: str | None, fault_at: int, ru
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        monitor.close()  # first: detaching may publish the last gradient statistics, which belong before the end
         publisher.event("run_ended", steps, status=status, **({"error": error} if error else {}))
-        monitor.close()
         publisher.close()
     print(f"{run}: {steps} steps", flush=True)
 
