@@ -349,19 +349,29 @@ def judge(root: Path, cases: list[Case], rejudge: Path | None = None) -> list[Ou
                 out.caught_by, out.severity = first["data"]["rule"], first["data"]["severity"]
                 out.hint = first["data"].get("hint")
                 out.delay_s = round(float(first["ts"]) - fault_ts, 2)
+                step = first.get("step")
+                by_step = isinstance(step, int) and isinstance(fault_step, int)
+
+                span = (fault_step, step) if by_step else None
+                window = (fault_ts, float(first["ts"]))
+
                 metrics = _records(root, case.run, "metrics")
                 out.delay_updates = sum(
-                    1
-                    for m in metrics
-                    if fault_ts <= m["ts"] <= first["ts"] and any(k.startswith("train/") for k in m["data"])
+                    1 for m in metrics if any(k.startswith("train/") for k in m["data"]) and _between(m, span, window)
                 )
-                episodes = _records(root, case.run, "episode")
-                out.delay_episodes = sum(1 for e in episodes if fault_ts <= e["ts"] <= first["ts"])
-                step = first.get("step")
-                if isinstance(step, int) and isinstance(fault_step, int):
+                out.delay_episodes = sum(1 for e in _records(root, case.run, "episode") if _between(e, span, window))
+                if by_step:
                     out.delay_steps = step - fault_step
         outcomes.append(out)
     return outcomes
+
+
+def _between(record: dict[str, Any], span: tuple[Any, Any] | None, window: tuple[float, float]) -> bool:
+    """After the fault, up to the alert: by training step where the alert has one (the engine's
+    own lag, in its alert's ts, is not training time), else (absence) by wall-clock time."""
+    if span is not None and isinstance(record.get("step"), int):
+        return bool(span[0] < record["step"] <= span[1])
+    return window[0] <= record["ts"] <= window[1]
 
 
 def verdict(outcomes: list[Outcome]) -> list[str]:
