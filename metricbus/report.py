@@ -179,8 +179,9 @@ def markdown(summaries: Sequence[RunSummary]) -> str:
     lines += ["| " + " | ".join(_md_cell(cell) for cell in _row(s)) + " |" for s in summaries]
     lines += ["", "## Diagnosis"]
     for s in summaries:
-        lines += ["", f"**{s.run}**", ""] + [f"- {line.strip()}" if not line.startswith("  ") else f"  - {line.strip()}"
-                                             for line in s.diagnosis]  # fmt: skip
+        # the lines carry rule names and messages from the wire: literal markdown, like the table
+        lines += ["", f"**{_md_cell(s.run)}**", ""]
+        lines += [("  - " if line.startswith("  ") else "- ") + _md_cell(line.strip()) for line in s.diagnosis]
     return "\n".join(lines) + "\n"
 
 
