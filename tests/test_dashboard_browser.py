@@ -35,6 +35,11 @@ ARGS = [
     "--no-first-run",
 ]
 HISTORY_STEPS = 5000
+#: A small sweep: (run, learning rate); ``(.*)-seed\d+`` groups it into 3 + 2 runs.
+SWEEP = (("sweep-lr1-seed0", 1e-3), ("sweep-lr1-seed1", 1e-3), ("sweep-lr1-seed2", 1e-3),
+         ("sweep-lr3-seed0", 3e-4), ("sweep-lr3-seed1", 3e-4))  # fmt: skip
+BIG_CORES = 16
+BIG_GPUS = 2
 #: Steps of points published while a page is open: after the fixture's last step (1990).
 LIVE_STEPS = itertools.count(2000, 10)
 
@@ -108,6 +113,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardStack]:
             "history_root": str(root),
             "poll_interval": 0.5,
             "silent_after": 300.0,
+            "default_runs": 6,
         },
     }
     running = DashboardStack(workdir, sinks=sinks)
@@ -122,11 +128,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardStack]:
 @pytest.fixture(scope="module")
 def publishers(stack: DashboardStack) -> Iterator[dict[str, Publisher]]:
     """Two runs with metrics and episodes, and one node with system metrics (GPU included)."""
-    pubs = {
-        "ppo-a": Publisher(stack.frontend, run="ppo-a", node="trainer-1"),
-        "ppo-b": Publisher(stack.frontend, run="ppo-b", node="trainer-1"),
-        "node-x": Publisher(stack.frontend, node="node-x"),
-    }
+    pubs = {run: Publisher(stack.frontend, run=run, node="trainer-2") for run, _ in SWEEP}
+    pubs.update(
+        {
+            "ppo-a": Publisher(stack.frontend, run="ppo-a", node="trainer-1"),
+            "ppo-b": Publisher(stack.frontend, run="ppo-b", node="trainer-1"),
+            "node-x": Publisher(stack.frontend, node="node-x"),
+            "node-big": Publisher(stack.frontend, node="node-big"),
+        }
+    )
+    # a sweep: two learning rates over seeds; reward grows faster with the larger rate
+    for run, lr in SWEEP:
+        pub = pubs[run]
+        seed = int(run[-1])
+        pub.event("run_started", step=0, config={"algorithm": "PPO", "hyperparameters": {"learning_rate": lr}})
+        for step in range(0, 1000, 20):
+            pub.metrics({"rollout/ep_rew_mean": step * lr * 100 + seed}, step=step)
+            if step % 100 == 0:
+                pub.episode({"reward": step * lr * 100 + seed, "length": 100}, step=step)
+        pub.flush()
     for run, offset in (("ppo-a", 0.0), ("ppo-b", 0.3)):
         pub = pubs[run]
         pub.event("run_started", step=0, config={"seed": 1})
@@ -163,6 +183,12 @@ def publishers(stack: DashboardStack) -> Iterator[dict[str, Publisher]]:
             )
             i += 1
 
+    big = {f"cpu/{c}/percent": float(c) for c in range(BIG_CORES)}
+    for g in range(BIG_GPUS):
+        big.update({f"gpu/{g}/util_percent": 50.0 + g, f"gpu/{g}/temp_c": 60.0, f"gpu/{g}/power_w": 250.0})
+    for i in range(5):
+        pubs["node-big"].system({"cpu/percent": 50.0 + i, "mem/percent": 20.0, **big})
+    pubs["node-big"].flush()
     sampler = threading.Thread(target=sample, name="test-sampler", daemon=True)
     sampler.start()
     try:
@@ -199,14 +225,15 @@ def dashboard(stack: DashboardStack, publishers: dict[str, Publisher], browser: 
         page.close()
 
 
-def test_page_shows_both_runs_and_the_nodes_system_charts(dashboard: Dashboard) -> None:
-    """Both runs overlay on the training charts; the node gets its own column of system charts."""
+def test_page_shows_both_runs_and_opens_a_nodes_system_charts(dashboard: Dashboard) -> None:
+    """Both runs overlay on the run charts; a node's charts open from its overview row."""
     page = dashboard.page
     for chart in ("m:train/loss", "m:train/entropy", "m:rollout/ep_rew_mean", "m:grad/global_norm"):
         names = {t["name"] for t in dashboard.traces(chart) if t["x"]}
         assert {"ppo-a", "ppo-b"} <= names, chart
     episodes = dashboard.wait_points("m:episode/reward", "ppo-a", lambda t: len(t["x"]) == 20, 10, "episodes")
     assert episodes["x"][0] == 0
+    page.click('[data-overview-node="node-x"] a.node-link')
     page.wait_for_selector('[data-node="node-x"] [data-chart="n:node-x:cpu/percent"] .js-plotly-plot')
     for chart in ("cpu/percent", "mem/percent", "disk/percent", "net/bytes_per_s", "gpu/util_percent", "gpu/temp_c"):
 
@@ -216,19 +243,7 @@ def test_page_shows_both_runs_and_the_nodes_system_charts(dashboard: Dashboard) 
         wait_until(drawn, 10, f"node chart {chart}")
     net = {t["name"] for t in dashboard.traces("n:node-x:net/bytes_per_s") if t["role"] == "raw"}
     assert net == {"net/rx_bytes_per_s", "net/tx_bytes_per_s"}
-    page.wait_for_selector('#run-table tr[data-run="ppo-a"][data-status="running"]')
-    # a run keeps one colour: the checklist chip and its traces agree
-    colours = page.evaluate(
-        """() => { const g = document.querySelector('[data-chart="m:train/loss"] .js-plotly-plot');
-                   return g.data.filter(t => t.name === 'ppo-a').map(t => t.line.color); }"""
-    )
-    chip = page.evaluate(
-        """() => [...document.querySelectorAll('#run-select label')].find(l => l.textContent.includes('ppo-a'))
-                   .querySelector('.chip').style.background"""
-    )
-    assert len(set(colours)) == 1
-    hex_colour = colours[0].lstrip("#")
-    assert chip.replace(" ", "") == "rgb({},{},{})".format(*(int(hex_colour[i : i + 2], 16) for i in (0, 2, 4)))
+    page.wait_for_selector('#runs-table td[data-dash-column="run"]:has-text("ppo-a")')
     assert page.get_attribute("#health-connected", "data-connected") == "true"
 
 
@@ -336,6 +351,9 @@ def test_x_axis_switch_redraws_by_wall_time_and_time_since_start(dashboard: Dash
 
 def test_history_written_before_start_is_shown_whole(dashboard: Dashboard) -> None:
     """A run with 5,000 steps already on disk when the dashboard started is drawn from step 0 to the last."""
+    # the oldest run is not among the most recent ones a page opens on: select it by pattern
+    dashboard.page.fill("#run-filter", "^hist$")
+    dashboard.page.click("#select-matching")
     trace = dashboard.wait_points(
         "m:train/loss", "hist", lambda t: t["x"][0] == 0 and t["x"][-1] == HISTORY_STEPS - 1, 20, "the history"
     )
@@ -347,6 +365,7 @@ def test_history_written_before_start_is_shown_whole(dashboard: Dashboard) -> No
 def test_screenshot_is_written_as_an_artifact(dashboard: Dashboard) -> None:
     """A full-page screenshot with drawn charts lands in artifacts/ for a human to look at."""
     page = dashboard.page
+    page.click('[data-overview-node="node-x"] a.node-link')
     page.wait_for_selector('[data-node="node-x"] [data-chart="n:node-x:cpu/percent"] .js-plotly-plot')
     wait_until(lambda: dashboard.raw("m:episode/reward", "ppo-b"), 10, "episode chart")
     artifacts = REPO / "artifacts"
@@ -354,3 +373,154 @@ def test_screenshot_is_written_as_an_artifact(dashboard: Dashboard) -> None:
     path = artifacts / "dashboard.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 50_000  # a blank page is a few KiB
+
+
+META_JS = """(id) => {
+  const g = document.querySelector(`[data-chart="${id}"] .js-plotly-plot`);
+  if (!g || !g.data) return [];
+  return g.data.map(t => ({name: t.name, meta: t.meta || {}, colour: t.line && t.line.color,
+                           x: Array.from(t.x || []), y: Array.from(t.y || [])}));
+}"""
+
+
+def choose(page: Any, dropdown: str, option: str) -> None:
+    """Pick ``option`` in a Dash dropdown as a reader does: open it, click the option."""
+    page.click(dropdown)
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+
+
+def test_page_opens_on_the_most_recent_runs_each_in_a_colour_of_its_own(dashboard: Dashboard) -> None:
+    """With more runs than ``default_runs`` (6), a page draws the 6 most recent, each in a distinct, stable colour."""
+    from sinks.dashboard.runs import run_colour
+
+    page = dashboard.page
+    page.wait_for_selector("#runs-table input[type=checkbox]")
+    wait_until(lambda: page.locator("#runs-table input[type=checkbox]:checked").count() == 6, 10, "6 rows ticked")
+    assert "hist" not in {t["name"] for t in dashboard.traces("m:train/loss")}
+    traces = page.evaluate(META_JS, "m:rollout/ep_rew_mean")
+    colours = {t["name"]: t["colour"] for t in traces if t["meta"].get("role") == "raw"}
+    assert len(colours) >= 5
+    assert len(set(colours.values())) == len(colours)
+    assert all(colour == run_colour(name) for name, colour in colours.items())
+
+
+def test_sections_put_rewards_first_and_a_closed_one_stays_closed_across_a_reload(dashboard: Dashboard) -> None:
+    """Sections run Rollout, Training, Gradients, System, Other, Runs; one closed stays closed after a reload."""
+    page = dashboard.page
+    order = page.eval_on_selector_all("section[data-section]", "els => els.map(e => e.dataset.section)")
+    assert order == ["rollout", "training", "gradients", "system", "other", "runs"]
+    page.click("#toggle-training")
+    page.wait_for_selector("#section-training.closed")
+    page.wait_for_selector('[data-chart="m:train/loss"]', state="detached")
+    page.reload()
+    page.wait_for_selector('[data-chart="m:rollout/ep_rew_mean"] .js-plotly-plot')
+    page.wait_for_selector("#section-training.closed")
+    assert page.query_selector('[data-chart="m:train/loss"]') is None
+    page.click("#toggle-training")
+    page.wait_for_selector('[data-chart="m:train/loss"] .js-plotly-plot')
+    assert "closed" not in (page.get_attribute("#section-training", "class") or "")
+
+
+def test_groups_by_run_id_draw_a_mean_with_a_band_over_the_right_runs(dashboard: Dashboard) -> None:
+    """Grouped by ``(.*)-seed\\d+``, the sweep is one line per group, its band spanning its 3 or 2 runs."""
+    page = dashboard.page
+    choose(page, "#group-mode", "by run id regex")
+
+    def roles(role: str) -> dict[str, dict[str, Any]]:
+        traces = page.evaluate(META_JS, "m:rollout/ep_rew_mean")
+        return {t["meta"]["series"]: t for t in traces if t["meta"].get("role") == role}
+
+    groups = wait_until(lambda: (g := roles("group")) and {"sweep-lr1", "sweep-lr3"} <= set(g) and g, 20, "groups")
+    assert groups["sweep-lr1"]["meta"]["members"] == 3
+    assert groups["sweep-lr3"]["meta"]["members"] == 2
+    assert groups["ppo-a"]["meta"]["members"] == 1  # a run no pattern matches is a group of its own
+    lo, hi = roles("band-lo")["sweep-lr1"], roles("band-hi")["sweep-lr1"]
+    centre = groups["sweep-lr1"]["y"]
+    assert all(a <= c + 1e-9 and c <= b + 1e-9 for a, c, b in zip(lo["y"], centre, hi["y"], strict=True))
+    # seeds add 0, 1 and 2 to the same curve: min–max spans 2, ±1 std 2 × 0.816
+    assert max(b - a for a, b in zip(lo["y"], hi["y"], strict=True)) == pytest.approx(2.0, rel=1e-3)
+    choose(page, "#group-band", "±1 std")
+
+    def std_band() -> bool:
+        lo, hi = roles("band-lo").get("sweep-lr1"), roles("band-hi").get("sweep-lr1")
+        return bool(lo and hi and lo["meta"]["band"] == "std")
+
+    wait_until(std_band, 20, "the ±std band")
+    lo, hi = roles("band-lo")["sweep-lr1"], roles("band-hi")["sweep-lr1"]
+    assert max(b - a for a, b in zip(lo["y"], hi["y"], strict=True)) == pytest.approx(2 * 0.8165, rel=1e-3)
+    page.click("#group-members input")
+    members = wait_until(lambda: roles("member"), 20, "the members' own lines")
+    assert {run for run, _ in SWEEP} <= set(members)
+
+
+def test_runs_table_sorts_by_a_hyperparameter_and_its_rows_select_runs(dashboard: Dashboard) -> None:
+    """Sorting the runs table by learning_rate orders runs by it; unticking a row takes that run off the charts."""
+    page = dashboard.page
+    header = '#runs-table th[data-dash-column="hp:learning_rate"]'
+    page.wait_for_selector(header)
+    page.click(f"{header} .column-header--sort")
+
+    def column(name: str) -> list[str]:
+        cells = f'#runs-table td[data-dash-column="{name}"]'
+        return [t.strip() for t in page.eval_on_selector_all(cells, "els => els.map(e => e.innerText)")]
+
+    rates = [float(v) for v in column("hp:learning_rate") if v]
+    assert len(rates) == len(SWEEP)
+    assert rates == sorted(rates)
+    figure = page.evaluate("() => document.querySelector('#hparams .js-plotly-plot').data[0].dimensions")
+    assert [d["label"] for d in figure][-2:] == ["learning_rate", "final reward"]
+    runs = column("run")
+    row = page.locator("#runs-table tbody tr").nth(runs.index("ppo-b") + 2)  # header and filter rows first
+    assert "ppo-b" in row.inner_text()
+    row.locator("input[type=checkbox]").uncheck()
+    wait_until(lambda: "ppo-b" not in {t["name"] for t in dashboard.traces("m:train/loss")}, 10, "ppo-b gone")
+
+
+def test_node_overview_has_a_row_per_node_and_a_click_opens_that_nodes_charts(dashboard: Dashboard) -> None:
+    """A row per node with its GPUs' cells; a click opens its charts: every core in one chart, GPUs sharing one."""
+    page = dashboard.page
+    page.wait_for_selector('[data-overview-node="node-big"]')
+    nodes = page.eval_on_selector_all("[data-overview-node]", "els => els.map(e => e.dataset.overviewNode)")
+    assert sorted(nodes) == ["node-big", "node-x"]
+    assert page.locator('[data-overview-node="node-big"] .g').count() == 4 * BIG_GPUS  # util, mem, temp, power
+    assert page.query_selector("[data-node] [data-chart]") is None  # no node's charts until one is opened
+    page.click('[data-overview-node="node-big"] a.node-link')
+    page.wait_for_selector('[data-overview-node="node-big"][data-open="true"]')
+    assert "node=node-big" in page.url
+
+    def raw_count(chart: str) -> int:
+        return sum(1 for t in page.evaluate(META_JS, chart) if t["meta"].get("role") == "raw" and t["x"])
+
+    wait_until(lambda: raw_count("n:node-big:cpu/per_core_percent") == BIG_CORES, 20, "every core in one chart")
+    wait_until(lambda: raw_count("n:node-big:gpu/util_percent") == BIG_GPUS, 20, "both GPUs in one chart")
+    charts = page.eval_on_selector_all("[data-chart]", "els => els.map(e => e.dataset.chart)")
+    assert not [c for c in charts if c.startswith("n:") and "/3/" in c]  # no chart per core
+    assert not [c for c in charts if c.startswith("n:node-x:")]
+
+
+def test_chart_tools_log_scale_full_width_and_downloads(dashboard: Dashboard) -> None:
+    """A chart's log toggle survives a redraw, it expands to full width, and CSV and PNG download what it shows."""
+    page = dashboard.page
+    card = '[data-chart="m:train/loss"]'
+    y_type = f"() => document.querySelector('{card} .js-plotly-plot').layout.yaxis.type"
+    page.hover(card)
+    page.click(f"{card} [data-action=log]")
+    page.wait_for_function(f"() => ({y_type})() === 'log'")
+    width = page.locator(card).bounding_box()["width"]
+    page.click(f"{card} [data-action=wide]")
+    wait_until(lambda: page.locator(card).bounding_box()["width"] > 1.5 * width, 10, "the chart at full width")
+    with page.expect_download() as download:
+        page.click(f"{card} [data-action=csv]")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0] == "series,role,x,y"
+    drawn = dashboard.raw("m:train/loss", "ppo-a")
+    assert drawn is not None
+    assert sum(1 for line in lines if line.startswith("ppo-a,raw,")) >= len(drawn["x"])
+    with page.expect_download() as download:
+        page.click(f"{card} [data-action=png]")
+    assert download.value.suggested_filename.endswith(".png")
+    # a control change draws every chart whole again: the log axis stays
+    page.get_by_label("time since start (s)").check()
+    dashboard.wait_points("m:train/loss", "ppo-a", lambda t: t["x"][0] < 1e6, 10, "seconds since start")
+    assert page.evaluate(y_type) == "log"

@@ -1,5 +1,6 @@
-"""The Dash page: layout and callbacks over a :class:`~sinks.dashboard.store.Store`
-(which charts exist and how they are drawn is :mod:`sinks.dashboard.charts`).
+"""The Dash page's callbacks over a :class:`~sinks.dashboard.store.Store` (the layout is
+:mod:`sinks.dashboard.layout`; which charts exist and how they are drawn,
+:mod:`sinks.dashboard.charts`; what a poll sends, :func:`sinks.dashboard.updates.chart_updates`).
 
 The page polls, one poll at a time (a poll waits for the last answer). Each poll answers
 with *only what is new*: a chart the browser already has gets ``extendData`` (Plotly's
@@ -7,162 +8,69 @@ with *only what is new*: a chart the browser already has gets ``extendData`` (Pl
 browser, in a ``dcc.Store``, so that a lost answer is simply asked again) change by a
 ``Patch`` that carries only the series that moved. A chart is drawn whole only when it is
 new, when a control changed, when what it shows was merged out of order or when extends
-have made it long; then long series are downsampled (MinMaxLTTB per pixel bucket) and, up
-to a few charts a page, drawn with WebGL.
+have made it long. What is laid out is bounded: only open sections get charts, only the
+nodes opened from the overview get theirs, and a page starts with the most recent runs.
 
-Test hooks: every chart sits in a ``div[data-chart=ID]``; health, run and alert elements
-carry ``data-*`` attributes, so a browser test reads state instead of pixels.
+Test hooks: every chart sits in a ``div[data-chart=ID]``; health, run, node and alert
+elements carry ``data-*`` attributes, so a browser test reads state instead of pixels.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Final
 
-from sinks.dashboard.charts import ChartSpec, Painter, View, chart_specs, compile_filter, warm_search
-from sinks.dashboard.figures import SECTIONS, X_MODES, colour
-from sinks.dashboard.panels import age_text, alert_table, attrs, run_table, valid_regex
+from sinks.dashboard.charts import ChartSpec, View, chart_specs, compile_filter
+from sinks.dashboard.figures import SECTIONS, X_MODES
+from sinks.dashboard.layout import CHART_HEIGHT, CSS, PAGE_SECTIONS, layout
+from sinks.dashboard.nodes import overview_key, overview_table
+from sinks.dashboard.panels import age_text, alert_table, attrs, valid_regex
+from sinks.dashboard.runs import (
+    DEFAULT_DRAWN,
+    Grouping,
+    config_keys,
+    hparams_figure,
+    matching,
+    recent_runs,
+    run_colour,
+    table_rows,
+)
 from sinks.dashboard.store import Store
+from sinks.dashboard.updates import chart_updates
 
-#: Charts drawn with WebGL at most (Chromium keeps 16 WebGL contexts per page).
-MAX_WEBGL_CHARTS: Final = 8
-_CSS: Final = """
-body { font-family: system-ui, sans-serif; margin: 0; background: #f3f4f6; color: #1f2933; }
-header { background: #1f2933; color: #fff; padding: 8px 16px; display: flex; gap: 18px; align-items: baseline;
-         flex-wrap: wrap; }
-header h1 { font-size: 18px; margin: 0 12px 0 0; }
-.health span { margin-right: 14px; font-size: 13px; }
-.dot { display: inline-block; width: 10px; height: 10px; border-radius: 5px; margin-right: 4px; }
-.controls { display: flex; flex-wrap: wrap; gap: 18px; padding: 10px 16px; background: #fff;
-            border-bottom: 1px solid #ddd; align-items: flex-start; }
-.controls label.title { font-size: 12px; color: #555; display: block; margin-bottom: 4px; }
-.control { min-width: 180px; }
-.control input[type=text] { padding: 4px 6px; width: 200px; }
-.bad-regex { outline: 2px solid #c62828; }
-main { padding: 8px 16px; }
-section h2 { font-size: 16px; margin: 14px 0 6px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 10px; }
-.chart { background: #fff; border: 1px solid #e1e4e8; border-radius: 4px; }
-.nodes { display: flex; gap: 12px; overflow-x: auto; }
-.node-col { flex: 1 0 420px; }
-.node-col h3 { font-size: 14px; margin: 4px 0; }
-.node-col .chart { margin-bottom: 8px; }
-table { border-collapse: collapse; font-size: 13px; background: #fff; }
-th, td { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; }
-.chip { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 5px; vertical-align: -1px; }
-.badge { padding: 1px 6px; border-radius: 3px; color: #fff; font-size: 12px; }
-.empty { color: #888; font-size: 13px; }
-"""
+#: The runs table and the node overview are rebuilt at most this often (seconds).
+TABLE_REFRESH: Final = 2.0
+_RUN_SECTIONS: Final = tuple(key for key, _, _ in SECTIONS)
+_TABLE_COLUMNS: Final = (
+    ("run", "run", "text"),
+    ("status", "status", "text"),
+    ("steps", "steps", "numeric"),
+    ("episodes", "episodes", "numeric"),
+    ("final_reward", "final reward", "numeric"),
+    ("best_reward", "best reward", "numeric"),
+    ("alerts", "alerts", "numeric"),
+    ("node", "node", "text"),
+)
 
 
-# -- page -----------------------------------------------------------------------------------------
+def open_nodes(search: str | None) -> tuple[str, ...]:
+    """The nodes whose charts are open: ``?node=a&node=b`` in the page's URL."""
+    return tuple(urllib.parse.parse_qs((search or "").lstrip("?")).get("node", []))
 
 
-def _section_layout() -> list[Any]:
-    from dash import html
-
-    blocks: list[Any] = []
-    for key, title, _ in SECTIONS:
-        blocks.append(
-            html.Section([html.H2(title), html.Div(id=f"charts-{key}", className="grid")], id=f"section-{key}")
-        )
-    blocks.insert(
-        3,
-        html.Section(
-            [html.H2("System (per node)"), html.Div(id="charts-system", className="nodes")], id="section-system"
-        ),
-    )
-    blocks.insert(
-        0,
-        html.Section(
-            [
-                html.H2("Alerts"),
-                html.Div(id="alerts-firing"),
-                html.Div(id="alerts-history"),  # one line: "N resolved alerts", opens into a table
-            ],
-            id="section-alerts",
-        ),
-    )
-    return blocks
-
-
-def layout(poll_interval: float, smoothing: float) -> Any:
-    from dash import dcc, html
-
-    return html.Div(
-        [
-            html.Header(
-                [
-                    html.H1("metricbus"),
-                    html.Div(id="health", className="health"),
-                ]
-            ),
-            html.Div(
-                [
-                    html.Div(
-                        [
-                            html.Label("Runs (regex filter)", className="title"),
-                            dcc.Input(id="run-filter", type="text", placeholder="e.g. ^ppo-", debounce=False),
-                            dcc.Checklist(id="run-select", options=[], value=[], inline=False),
-                        ],
-                        className="control",
-                    ),
-                    html.Div(
-                        [
-                            html.Label("Metric search", className="title"),
-                            dcc.Input(id="metric-search", type="text", placeholder="e.g. loss|reward"),
-                        ],
-                        className="control",
-                    ),
-                    html.Div(
-                        [
-                            html.Label("Smoothing (EMA weight)", className="title"),
-                            dcc.Slider(
-                                id="smoothing",
-                                min=0.0,
-                                max=0.99,
-                                step=0.01,
-                                value=smoothing,
-                                marks={0: "0", 0.5: "0.5", 0.9: "0.9"},
-                                updatemode="mouseup",
-                            ),
-                        ],
-                        className="control",
-                        style={"width": "300px"},
-                    ),
-                    html.Div(
-                        [
-                            html.Label("X axis", className="title"),
-                            dcc.RadioItems(
-                                id="x-axis",
-                                options=[{"label": label, "value": mode} for mode, label in X_MODES.items()],
-                                value="step",
-                                inline=True,
-                            ),
-                        ],
-                        className="control",
-                    ),
-                    html.Div(id="run-status", className="control"),
-                ],
-                className="controls",
-            ),
-            html.Main(_section_layout()),
-            # A poll starts only when the last one has answered (or is long overdue): Dash drops
-            # the older answer of a callback that is asked again while in flight, so with a
-            # plain Interval and answers slower than it, no answer would ever land.
-            dcc.Interval(id="clock", interval=int(poll_interval * 1000)),
-            dcc.Store(id="tick", data=0),
-            dcc.Store(id="ack", data=0),
-            dcc.Store(id="ack-seen", data=0),
-            dcc.Store(id="cursors", data={}),
-            dcc.Store(id="known-runs", data=[]),
-            dcc.Store(id="chart-ids", data=[]),
-            dcc.Store(id="panel-keys", data={}),
-        ]
-    )
+def grouping_of(
+    mode: str | None,
+    regex: str | None,
+    hparam: str | None,
+    stat: str | None,
+    band: str | None,
+    members: list[str] | None,
+) -> Grouping:
+    key = (regex or "") if mode == "regex" else (hparam or "")
+    return Grouping(mode or "none", key, stat or "mean", band or "minmax", bool(members))
 
 
 def build_app(
@@ -173,23 +81,41 @@ def build_app(
     webgl_points: int = 10_000,
     smoothing: float = 0.6,
     connected_window: float = 15.0,
+    default_runs: int = DEFAULT_DRAWN,
     loading: Callable[[], int] = lambda: 0,
 ) -> Any:
-    """The Dash app; ``loading`` says how many sources' history is still being read."""
-    from dash import ALL, Dash, Input, Output, Patch, State, html, no_update
+    """The Dash app; ``loading`` says how many sources' history is still being read;
+    ``default_runs`` how many of the most recent runs a page draws when it opens."""
+    from dash import ALL, Dash, Input, Output, Patch, State, ctx, dcc, html, no_update
 
     # update_title=None: no "Updating..." flicker in the tab title on every poll (Dash's documented
     # way; its stubs only say str)
     app = Dash(__name__, title="metricbus", update_title=None, serve_locally=True)  # type: ignore[arg-type]
-    app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + _CSS + "</style>")
-    app.layout = layout(poll_interval, smoothing)
+    app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
+    app.layout = layout(poll_interval, smoothing, default_runs)
 
     def view_of(
-        runs: list[str] | None, run_filter: str | None, search: str | None, smooth: float | None, x: str | None
+        runs: list[str] | None,
+        run_filter: str | None,
+        search: str | None,
+        smooth: float | None,
+        x: str | None,
+        closed: list[str] | None,
+        url: str | None,
+        grouping: Grouping | None = None,
     ) -> View:
         pattern = compile_filter(run_filter)
         chosen = tuple(r for r in (runs or []) if pattern is None or pattern.search(r))
-        return View(chosen, search or "", float(smooth or 0.0), x if x in X_MODES else "step")
+        sections = tuple(k for k, _ in PAGE_SECTIONS if k not in set(closed or []))
+        return View(
+            chosen,
+            search or "",
+            float(smooth or 0.0),
+            x if x in X_MODES else "step",
+            open_nodes(url),
+            sections,
+            grouping,
+        )
 
     overdue_ms = int(max(5.0, 10 * poll_interval) * 1000)
     app.clientside_callback(  # type: ignore[no-untyped-call]
@@ -208,40 +134,132 @@ def build_app(
         Input("ack", "data"),
     )
 
-    # -- runs: new runs join the selection, the checklist shows each run's colour ------------
+    # -- sections: a click on a title opens or closes it; closed ones are kept in local storage --
+
+    keys = [key for key, _ in PAGE_SECTIONS]
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        """function() {
+            const closed = (arguments[arguments.length - 1] || []).slice();
+            const trig = window.dash_clientside.callback_context.triggered;
+            if (!trig.length || !trig[0].value) { return window.dash_clientside.no_update; }
+            const key = trig[0].prop_id.split('.')[0].replace('toggle-', '');
+            const at = closed.indexOf(key);
+            if (at >= 0) { closed.splice(at, 1); } else { closed.push(key); }
+            return closed;
+        }""",
+        Output("closed-sections", "data"),
+        *[Input(f"toggle-{key}", "n_clicks") for key in keys],
+        State("closed-sections", "data"),
+    )
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        f"""function(closed) {{
+            closed = closed || [];
+            return {json.dumps(keys)}.map(k => closed.includes(k) ? 'fold closed' : 'fold');
+        }}""",
+        *[Output(f"section-{key}", "className") for key in keys],
+        Input("closed-sections", "data"),
+    )
+
+    # -- runs: which are drawn; the dropdown, the table's selection and the buttons agree --------
 
     @app.callback(
         Output("run-select", "options"),
         Output("run-select", "value"),
         Output("known-runs", "data"),
+        Output("runs-table", "columns"),
+        Output("runs-table", "data"),
+        Output("runs-table", "selected_rows"),
+        Output("hparams", "figure"),
+        Output("group-hparam", "options"),
+        Output("runs-key", "data"),
         Input("tick", "data"),
-        State("run-select", "value"),
+        Input("run-select", "value"),
+        Input("runs-table", "selected_rows"),
+        Input("select-recent", "n_clicks"),
+        Input("select-matching", "n_clicks"),
+        Input("group-mode", "value"),
+        State("run-filter", "value"),
         State("known-runs", "data"),
+        State("runs-table", "data"),
+        State("runs-key", "data"),
+        State("closed-sections", "data"),
     )
-    def update_runs(_tick: float | None, selected: list[str] | None, known: list[str] | None) -> Any:
+    def update_runs(
+        _tick: Any,
+        selected: list[str] | None,
+        ticked: list[int] | None,
+        _recent: Any,
+        _matching: Any,
+        group_mode: str | None,
+        run_filter: str | None,
+        known: list[str] | None,
+        shown: list[dict[str, Any]] | None,
+        runs_key: Any,
+        closed: list[str] | None,
+    ) -> Any:
+        """Which runs are drawn, from whichever control moved; the runs table (its rows are
+        rebuilt here too, at most every TABLE_REFRESH, so that its ticked rows' indices and
+        its rows always come from one answer)."""
+        trigger = ctx.triggered_id
+        bucket = int(time.time() / TABLE_REFRESH)
         with store.lock:
             runs = sorted(store.runs)
-            colours = {r: colour(store.runs[r].colour) for r in runs}
-        if runs == (known or []):
-            return no_update, no_update, no_update
-        options = [
-            {
-                "label": html.Span([html.Span(className="chip", style={"background": colours[r]}), r]),
-                "value": r,
-            }
-            for r in runs
-        ]
-        fresh = [r for r in runs if r not in set(known or [])]
-        value = [r for r in (selected or []) if r in colours] + fresh
-        return options, value, runs
+            recent = recent_runs(store, default_runs)
+            rebuild = "runs" not in set(closed or []) and (runs_key or {}).get("at") != bucket
+            hp_keys = config_keys(store) if rebuild or runs != (known or []) else []
+            rows = table_rows(store, hp_keys) if rebuild else None
+        present = set(runs)
+        selected = [r for r in (selected or []) if r in present]
+        if trigger == "runs-table":
+            ids = [row["id"] for row in shown or []]
+            value = [ids[i] for i in sorted(ticked or []) if i < len(ids) and ids[i] in present]
+        elif trigger == "select-recent":
+            value = recent
+        elif trigger == "select-matching" or (trigger == "group-mode" and group_mode not in (None, "none")):
+            value = matching(runs, compile_filter(run_filter))
+        elif trigger == "run-select":
+            value = selected
+        elif not known and runs:
+            value = recent  # a page opens on the most recent runs, not on a whole sweep
+        else:
+            fresh = [r for r in runs if r not in set(known or [])]
+            grouped = group_mode not in (None, "none")
+            room = len(fresh) if grouped else max(0, default_runs - len(selected))
+            value = selected + fresh[-room:] if room and fresh else selected
+        out: list[Any] = [no_update] * 9
+        if runs != (known or []):
+            out[0] = [
+                {
+                    "label": html.Span([html.Span(className="chip", style={"background": run_colour(r)}), r]),
+                    "value": r,
+                    "search": r,
+                }
+                for r in runs
+            ]
+            out[2] = runs
+            out[7] = [{"label": k, "value": k} for k in hp_keys]
+        if value != selected:
+            out[1] = value
+        ids = [row["id"] for row in shown or []]
+        if rows is not None:
+            key = json.dumps([rows, hp_keys], sort_keys=True, default=str)
+            if key != (runs_key or {}).get("rows"):
+                columns = [{"id": i, "name": n, "type": t} for i, n, t in _TABLE_COLUMNS]
+                columns += [{"id": f"hp:{k}", "name": k, "type": "any"} for k in hp_keys]
+                out[3], out[4], out[6] = columns, rows, hparams_figure(rows, hp_keys)
+                ids = [row["id"] for row in rows]
+            out[8] = {"at": bucket, "rows": key}
+        # the ticked rows follow the drawn runs (by index into the rows the table holds)
+        wanted = set(value)
+        ticks = [i for i, run in enumerate(ids) if run in wanted]
+        if out[4] is not no_update or sorted(ticked or []) != ticks:
+            out[5] = ticks
+        return tuple(out)
 
     # -- the charts that exist: laid out again only when the set of charts changes ----------
 
     @app.callback(
-        Output("charts-training", "children"),
-        Output("charts-rollout", "children"),
-        Output("charts-gradients", "children"),
-        Output("charts-other", "children"),
+        *[Output(f"charts-{key}", "children") for key in _RUN_SECTIONS],
         Output("charts-system", "children"),
         Output("chart-ids", "data"),
         Output("run-filter", "className"),
@@ -249,50 +267,74 @@ def build_app(
         Input("run-select", "value"),
         Input("run-filter", "value"),
         Input("metric-search", "value"),
+        Input("closed-sections", "data"),
+        Input("url", "search"),
         State("chart-ids", "data"),
+        State("chart-options", "data"),
     )
     def update_layout(
-        _tick: float | None, runs: list[str] | None, run_filter: str | None, search: str | None, ids: Any
+        _tick: Any,
+        runs: list[str] | None,
+        run_filter: str | None,
+        search: str | None,
+        closed: list[str] | None,
+        url: str | None,
+        ids: Any,
+        options: dict[str, Any] | None,
     ) -> Any:
-        from dash import dcc
-
-        view = view_of(runs, run_filter, search, 0.0, "step")
-        warm_search(store, view)  # the regex runs outside the store's lock
+        view = view_of(runs, run_filter, search, 0.0, "step", closed, url)
         with store.lock:
             specs = chart_specs(store, view)
         bad = "" if not run_filter or valid_regex(run_filter) else "bad-regex"
         signature = [s.id for s in specs]
         if signature == ids:
-            return (*[no_update] * 6, bad)
-        by_section: dict[str, list[Any]] = {key: [] for key, _, _ in SECTIONS}
+            return (*[no_update] * (len(_RUN_SECTIONS) + 2), bad)
+        marked = {k: set((options or {}).get(k) or []) for k in ("log", "wide")}
+        by_section: dict[str, list[Any]] = {key: [] for key in _RUN_SECTIONS}
         nodes: dict[str, list[Any]] = {}
 
         def card(spec: ChartSpec) -> Any:
             graph = dcc.Graph(
                 id={"type": "chart", "id": spec.id},
-                figure={"data": [], "layout": {"height": 260, "title": {"text": spec.title}}},
-                config={"displaylogo": False, "responsive": True},
-                style={"height": "260px"},
+                figure={"data": [], "layout": {"height": CHART_HEIGHT, "title": {"text": spec.title}}},
+                config={
+                    "displaylogo": False,
+                    "responsive": True,
+                    "modeBarButtonsToRemove": ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d"],
+                },
+                style={"height": f"{CHART_HEIGHT}px"},
             )
-            return html.Div(graph, className="chart", **attrs({"data-chart": spec.id}))
+            tools = html.Div(
+                [
+                    html.Button(label, title=title, **attrs({"data-action": action}))
+                    for action, label, title in (
+                        ("log", "log", "log-scale y axis"),
+                        ("wide", "⤢", "full width"),
+                        ("csv", "csv", "download the shown series as CSV"),
+                        ("png", "png", "download a PNG"),
+                    )
+                ],
+                className="tools",
+            )
+            flags = [k for k in ("log", "wide") if spec.id in marked[k]]
+            return html.Div(
+                [tools, graph],
+                className=" ".join(["chart", *flags]),
+                **attrs({"data-chart": spec.id, **{f"data-{k}": "true" for k in flags}}),
+            )
 
         for spec in specs:
             if spec.section == "system":
                 nodes.setdefault(spec.node, []).append(card(spec))
             else:
                 by_section[spec.section].append(card(spec))
-        columns = [
-            html.Div([html.H3(node), *cards], className="node-col", **attrs({"data-node": node}))
+        empty = html.Div("no metrics yet", className="empty")
+        node_blocks = [
+            html.Div([html.H3(f"node {node}"), html.Div(cards, className="grid")], **attrs({"data-node": node}))
             for node, cards in nodes.items()
         ]
-        empty = html.Div("no metrics yet", className="empty")
-        sections = [by_section[key] or empty for key, _, _ in SECTIONS]
-        return (
-            *sections,
-            columns or html.Div("no node is publishing system metrics", className="empty"),
-            signature,
-            bad,
-        )
+        hint = html.Div("click a node's name to open its charts", className="empty")
+        return (*[by_section[key] or empty for key in _RUN_SECTIONS], node_blocks or hint, signature, bad)
 
     # -- the figures: whole when new or when a control changed, else only what is new -------
 
@@ -307,72 +349,64 @@ def build_app(
         Input("run-filter", "value"),
         Input("smoothing", "value"),
         Input("x-axis", "value"),
+        Input("group-mode", "value"),
+        Input("group-regex", "value"),
+        Input("group-hparam", "value"),
+        Input("group-stat", "value"),
+        Input("group-band", "value"),
+        Input("group-members", "value"),
         State("metric-search", "value"),
         State("cursors", "data"),
+        State("closed-sections", "data"),
+        State("url", "search"),
+        State("chart-options", "data"),
     )
     def update_figures(
-        _tick: float | None,
+        _tick: Any,
         chart_ids: list[dict[str, str]],
         runs: list[str] | None,
         run_filter: str | None,
         smooth: float | None,
         x_mode: str | None,
+        group_mode: str | None,
+        group_regex: str | None,
+        group_hparam: str | None,
+        group_stat: str | None,
+        group_band: str | None,
+        group_members: list[str] | None,
         search: str | None,
         cursors: dict[str, Any] | None,
+        closed: list[str] | None,
+        url: str | None,
+        options: dict[str, Any] | None,
     ) -> Any:
-        view = view_of(runs, run_filter, search, smooth, x_mode)
-        cursors = cursors or {}
-        signature = view.signature()
-        ids_now = [c["id"] for c in chart_ids]
-        # A new chart list means the charts were laid out again, empty: draw them all whole.
-        redraw_all = cursors.get("view") != signature or cursors.get("ids") != ids_now
-        charts: dict[str, Any] = {} if redraw_all else dict(cursors.get("charts") or {})
-        figures: list[Any] = []
-        extends: list[Any] = []
-        redrawn: dict[str, Any] = {}
-        moved: dict[tuple[str, str], list[float]] = {}
-        warm_search(store, view)  # the regex runs outside the store's lock
-        with store.lock:
-            specs = {s.id: s for s in chart_specs(store, view)}
-            painter = Painter(store, view, draw_points, webgl_points)
-            for chart_id in ids_now:
-                spec = specs.get(chart_id)
-                known = charts.get(chart_id)
-                keys = [r.key for r in spec.series] if spec else []
-                result = None
-                if spec is not None and known is not None and known.get("keys") == keys:
-                    result = painter.extend(spec, known["series"])
-                if spec is None:
-                    figures.append(no_update)
-                    extends.append(no_update)
-                elif result is None:
-                    # WebGL where series are long, but browsers keep ~16 WebGL contexts per page
-                    # (one per chart) and drop the oldest beyond: the first few long charts get it.
-                    others = sum(1 for c, v in {**charts, **redrawn}.items() if c != chart_id and v.get("gl"))
-                    webgl = painter.wants_webgl(spec) and others < MAX_WEBGL_CHARTS
-                    fig, series_cursors = painter.full(spec, webgl)
-                    figures.append(fig)
-                    extends.append(no_update)
-                    redrawn[chart_id] = {"keys": keys, "series": series_cursors, "gl": webgl}
-                else:
-                    extend, changed = result
-                    figures.append(no_update)
-                    extends.append(extend if extend is not None else no_update)
-                    for key, value in changed.items():
-                        moved[(chart_id, key)] = value
-        if redraw_all:
-            return figures, extends, {"view": signature, "ids": ids_now, "charts": redrawn}, time.time()
-        if not redrawn and not moved:
+        grouping = grouping_of(group_mode, group_regex, group_hparam, group_stat, group_band, group_members)
+        view = view_of(runs, run_filter, search, smooth, x_mode, closed, url, grouping)
+        update = chart_updates(
+            store,
+            view,
+            [c["id"] for c in chart_ids],
+            cursors,
+            draw_points=draw_points,
+            webgl_points=webgl_points,
+            now=time.time(),
+            log_charts=frozenset((options or {}).get("log") or []),
+        )
+        figures = [f if f is not None else no_update for f in update.figures]
+        extends = [e if e is not None else no_update for e in update.extends]
+        if update.whole is not None:
+            return figures, extends, update.whole, time.time()
+        if not update.redrawn and not update.moved:
             return figures, extends, no_update, time.time()
         # the cursors change by a Patch too: only what moved travels back
         cursor_patch = Patch()
-        for chart_id, value in redrawn.items():
+        for chart_id, value in update.redrawn.items():
             cursor_patch["charts"][chart_id] = value
-        for (chart_id, key), value in moved.items():
+        for (chart_id, key), value in update.moved.items():
             cursor_patch["charts"][chart_id]["series"][key] = value
         return figures, extends, cursor_patch, time.time()
 
-    # -- header, run table, alerts ------------------------------------------------------------
+    # -- header, runs table, node overview, alerts ----------------------------------------------
 
     @app.callback(
         Output("health", "children"),
@@ -410,37 +444,33 @@ def build_app(
         ]
 
     @app.callback(
-        Output("run-status", "children"),
+        Output("node-overview-box", "children"),
         Output("alerts-firing", "children"),
         Output("alerts-history", "children"),
         Output("panel-keys", "data"),
         Input("tick", "data"),
+        Input("url", "search"),
         State("panel-keys", "data"),
+        State("closed-sections", "data"),
     )
-    def update_panels(_tick: float | None, keys: dict[str, Any] | None) -> Any:
-        keys = keys or {}
+    def update_panels(_tick: Any, url: str | None, keys: dict[str, Any] | None, closed: list[str] | None) -> Any:
+        keys = dict(keys or {})
+        bucket = int(time.time() / TABLE_REFRESH)
+        out: list[Any] = [no_update] * 3
+        opened = list(open_nodes(url))
         with store.lock:
-            rows = []
-            for name in sorted(store.runs):
-                data = store.runs[name]
-                reward = data.series.get("episode/reward")
-                rows.append(
-                    (name, colour(data.colour), store.status(data), data.node, data.episodes,
-                     reward.last() if reward else math.nan, data.error)
-                )  # fmt: skip
+            if "system" not in set(closed or []):
+                nodes_key = json.dumps([overview_key(store), opened, bucket])
+                if keys.get("nodes") != nodes_key:
+                    out[0] = overview_table(store, opened)
+                    keys["nodes"] = nodes_key
             alerts_version = store.alerts.version
-            firing = store.alerts.firing()
-            history = list(store.alerts.history)[:50]
-            resolved = len(store.alerts.history)
-        status_key = json.dumps([r[:3] + r[4:5] for r in rows])
-        out: list[Any] = [no_update, no_update, no_update]
-        if keys.get("status") != status_key:
-            out[0] = run_table(rows)
-        if keys.get("alerts") != alerts_version:
-            out[1] = alert_table(firing, "firing")
-            out[2] = alert_table(history, "resolved", resolved)
+            if keys.get("alerts") != alerts_version:
+                out[1] = alert_table(store.alerts.firing(), "firing")
+                out[2] = alert_table(list(store.alerts.history)[:50], "resolved")
+                keys["alerts"] = alerts_version
         if out == [no_update] * 3:
             return (*out, no_update)
-        return (*out, {"status": status_key, "alerts": alerts_version})
+        return (*out, keys)
 
     return app

@@ -31,6 +31,8 @@ from sinks.dashboard.figures import (
     trace_pair,
     x_values,
 )
+from sinks.dashboard.groups import aggregate, group_traces, member_trace
+from sinks.dashboard.runs import Grouping, groups, run_colour
 from sinks.dashboard.store import NODE, RUN, Series, SourceData, Store
 
 #: A chart's traces are redrawn (downsampled again) once extends have grown them past this
@@ -65,15 +67,23 @@ class ChartSpec:
 
 @dataclass(frozen=True)
 class View:
-    """What the controls ask for."""
+    """What the controls ask for: ``nodes`` and ``sections`` None mean all of them."""
 
     runs: tuple[str, ...]
     search: str
     smoothing: float
     x_mode: str
+    nodes: tuple[str, ...] | None = None
+    sections: tuple[str, ...] | None = None
+    grouping: Grouping | None = None
+
+    @property
+    def grouped(self) -> bool:
+        return self.grouping is not None and self.grouping.active
 
     def signature(self) -> list[Any]:
-        return [list(self.runs), self.smoothing, self.x_mode]
+        grouping = self.grouping.signature() if self.grouping is not None else []
+        return [list(self.runs), self.smoothing, self.x_mode, grouping]
 
 
 #: A metric search longer than this is cut (a pattern is typed, not pasted).
@@ -130,25 +140,31 @@ def chart_specs(store: Store, view: View) -> list[ChartSpec]:
         metrics.update(data.series)
     specs: list[ChartSpec] = []
     per_section: dict[str, int] = {}
-    for metric in sorted(metrics):
-        if search is not None and not _matches(search, metric):
+    # reward first in its section: what a reader looks for first
+    for metric in sorted(metrics, key=lambda m: ("reward" not in m and "rew_" not in m, m)):
+        if search is not None and not search.search(metric):
             continue
         section = section_of(metric)
+        if view.sections is not None and section not in view.sections:
+            continue
         per_section[section] = per_section.get(section, 0) + 1
         if per_section[section] > MAX_CHARTS_PER_SECTION:
             continue
-        refs = tuple(SeriesRef(RUN, d.name, metric, d.name, colour(d.colour)) for d in runs)
+        refs = tuple(SeriesRef(RUN, d.name, metric, d.name, run_colour(d.name)) for d in runs if metric in d.series)
         specs.append(ChartSpec(f"m:{metric}", section, metric, "", refs, is_episode(metric)))
-    for node in sorted(store.nodes):
+    if view.sections is not None and "system" not in view.sections:
+        return specs
+    for node in sorted(store.nodes) if view.nodes is None else [n for n in view.nodes if n in store.nodes]:
         data = store.nodes[node]
         families: dict[str, list[str]] = {}
         for metric in sorted(data.series):
-            if search is None or _matches(search, metric):
+            if metric.endswith("/mem_total_bytes"):
+                continue  # a constant: the overview shows memory used as a share of it
+            if search is None or search.search(metric):
                 families.setdefault(node_family(metric), []).append(metric)
         for family, members in families.items():
-            refs = tuple(
-                SeriesRef(NODE, node, m, m if len(members) > 1 else node, colour(i)) for i, m in enumerate(members)
-            )
+            n = len(members)
+            refs = tuple(SeriesRef(NODE, node, m, m if n > 1 else node, colour(i, n)) for i, m in enumerate(members))
             specs.append(ChartSpec(f"n:{node}:{family}", "system", family, node, refs, False))
     return specs
 
@@ -184,8 +200,41 @@ class Painter:
         longest = max((s.n for s in map(self._series, spec.series) if s is not None), default=0)
         return longest >= self.webgl_points
 
+    def is_grouped(self, spec: ChartSpec) -> bool:
+        return self.view.grouped and spec.section != "system"
+
+    def grouped(self, spec: ChartSpec) -> dict[str, Any]:
+        """The chart with the view's runs as groups: centre line and band per group, and the
+        members' own lines when asked for. Smoothing and the x mode apply to every member."""
+        assert self.view.grouping is not None
+        grouping = self.view.grouping
+        x_mode = self._x_mode(spec)
+        refs = {ref.source: ref for ref in spec.series}
+        traces: list[dict[str, Any]] = []
+        members_drawn: list[dict[str, Any]] = []
+        for name, runs in groups(self.store, refs, grouping).items():
+            arrays = []
+            for run in runs:
+                series = self._series(refs[run])
+                if series is None or series.n == 0:
+                    continue
+                step, ts, values = series.arrays()
+                x = x_values(step, ts, x_mode, self._origin(refs[run]))
+                arrays.append((x, values))
+                if grouping.members:
+                    picked = downsample.select(values, self.draw_points // 4)
+                    members_drawn.append(member_trace(run, run_colour(name), x[picked], values[picked]))
+            line = aggregate(
+                arrays, stat=grouping.stat, band=grouping.band, smoothing=self.view.smoothing, episode=spec.episode
+            )
+            if line is not None:
+                traces += group_traces(name, run_colour(name), line, stat=grouping.stat, band=grouping.band)
+        return figure(spec.title, members_drawn + traces, x_mode, spec.id)
+
     def full(self, spec: ChartSpec, webgl: bool = False) -> tuple[dict[str, Any], dict[str, list[float]]]:
         """The whole figure and the cursors of its series."""
+        if self.is_grouped(spec):
+            return self.grouped(spec), {}
         traces: list[dict[str, Any]] = []
         cursors: dict[str, list[float]] = {}
         x_mode = self._x_mode(spec)
@@ -226,6 +275,8 @@ class Painter:
         ``Plotly.extendTraces`` (append and redraw) where a figure ``Patch`` would make it
         ``Plotly.react`` the whole figure, diffing every point it holds, on every poll.
         """
+        if self.is_grouped(spec):
+            return None
         x_mode = self._x_mode(spec)
         xs: list[list[float | None]] = []
         ys: list[list[float | None]] = []

@@ -32,10 +32,11 @@ STATUS_COLOURS: Final = {
     "interrupted": "#ef6c00",
     "silent": "#9e9e9e",
 }
-#: Sections of run metrics, in page order; the last one takes everything else.
+#: Sections of run metrics, in page order (reward first: what people look at first); the
+#: last one takes everything else.
 SECTIONS: Final = (
-    ("training", "Training", ("train/", "time/")),
     ("rollout", "Rollout and episodes", ("rollout/", EPISODE_PREFIX)),
+    ("training", "Training", ("train/", "time/")),
     ("gradients", "Gradients", ("grad/", "weight/")),
     ("other", "Other metrics", ("",)),
 )
@@ -47,8 +48,15 @@ EPISODE_WINDOW: Final = 20
 Y_DIGITS: Final = 10
 
 
-def colour(index: int) -> str:
-    return PALETTE[index % len(PALETTE)]
+def colour(index: int, of: int = 0) -> str:
+    """The palette's colour for ``index``; among more than the palette holds (a node's 64
+    cores), hues spread evenly instead, so no two lines share a colour."""
+    if of <= len(PALETTE):
+        return PALETTE[index % len(PALETTE)]
+    import colorsys
+
+    r, g, b = colorsys.hls_to_rgb(index / of, 0.45 + 0.1 * (index % 2), 0.7)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
 def section_of(metric: str) -> str:
@@ -63,6 +71,8 @@ def node_family(metric: str) -> str:
     parts = metric.split("/")
     if len(parts) == 3 and parts[0] == "gpu" and parts[1].isdigit():
         return f"gpu/{parts[2]}"
+    if len(parts) == 3 and parts[0] == "cpu" and parts[1].isdigit():
+        return f"cpu/per_core_{parts[2]}"  # every core in one chart, not a chart per core
     if parts[0] == "net":
         return "net/bytes_per_s" if metric.endswith("_per_s") else "net/bytes"
     return metric

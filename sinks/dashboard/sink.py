@@ -131,7 +131,8 @@ class DashboardSink:
     ``max_points`` bounds each series, ``max_runs``/``max_nodes`` the sources kept and
     ``max_series`` the metrics per source, so memory stays under
     ``(max_runs + max_nodes) × max_series × max_points × 24`` bytes of series. ``push``: the
-    ``websocket`` sink whose news makes the page poll at once (``auto``: the config's own).
+    ``websocket`` sink whose news makes the page poll at once (``auto``: the config's own). A
+    page opens drawing the ``default_runs`` most recent runs (a sweep draws what is asked for).
     """
 
     def __init__(
@@ -150,6 +151,7 @@ class DashboardSink:
         smoothing: float = 0.6,
         silent_after: float = 60.0,
         push: str | None = "auto",
+        default_runs: int = 8,
         context: Any = None,
     ) -> None:
         from werkzeug.serving import make_server
@@ -158,6 +160,8 @@ class DashboardSink:
 
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"dashboard: smoothing must be in [0, 1), got {smoothing}")
+        if default_runs < 1:
+            raise ValueError(f"dashboard: default_runs must be at least 1, got {default_runs}")
         if poll_interval <= 0:
             raise ValueError(f"dashboard: poll_interval must be positive, got {poll_interval}")
         self.store = Store(
@@ -179,6 +183,7 @@ class DashboardSink:
             draw_points=draw_points,
             webgl_points=webgl_points,
             smoothing=smoothing,
+            default_runs=default_runs,
             # the broker publishes its counters every stats_interval: silence beyond a few is a cut
             connected_window=max(5.0, 3.0 * stats_interval),
             loading=lambda: self.loader.pending,

@@ -32,7 +32,7 @@ from bus.message import Message
 from sinks.dashboard.series import Series
 from sinks.jsonl_files import message_of, node_dir, read_records, run_dir
 
-__all__ = ["EPISODE_PREFIX", "NODE", "RUN", "Series", "Source", "SourceData", "Store", "history_records"]
+__all__ = ["EPISODE_PREFIX", "NODE", "RUN", "Series", "Source", "SourceData", "Store", "flat_config", "history_records"]
 
 #: Where a series lives: ("run", run id) or ("node", node name).
 Source = tuple[str, str]
@@ -42,10 +42,9 @@ NODE: Final = "node"
 EPISODE_PREFIX: Final = "episode/"
 SEVERITY_ORDER: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 FINISHED: Final = frozenset({"completed", "failed", "interrupted"})
-#: Publishers whose drop counts are kept, and (kind, publisher) entries remembered per source
-#: for de-duplication: least recently seen forgotten first.
-MAX_PUBLISHERS: Final = 20_000
-MAX_PUBLISHERS_PER_SOURCE: Final = 256
+#: A run's config keeps at most this many values, each string at most this long.
+MAX_CONFIG_KEYS: Final = 64
+MAX_CONFIG_TEXT: Final = 64
 
 
 @dataclass
@@ -62,6 +61,9 @@ class SourceData:
     error: str = ""
     node: str = ""
     episodes: int = 0
+    last_step: int = -1
+    #: ``run_started``'s config, flattened to bounded scalars (see :func:`flat_config`).
+    config: dict[str, str | float] = field(default_factory=dict)
     ignored_series: int = 0
 
     def touch(self, ts: float) -> None:
@@ -309,6 +311,8 @@ class Store:
             return None
         data.touch(message.ts)
         data.node = message.node
+        if message.step is not None and message.step > data.last_step:
+            data.last_step = message.step
         kind = message.kind
         if kind == "event":
             self._event(data, message)
@@ -344,6 +348,7 @@ class Store:
         if event == "run_started":
             data.status = "running"
             data.error = ""
+            data.config = flat_config(message.data.get("config"))
         elif event == "run_ended":
             status = str(message.data.get("status", "completed"))
             data.status = status if status in FINISHED else "completed"
@@ -387,6 +392,32 @@ class Store:
     def bound_bytes(self) -> int:
         """The most the series may take: every limit filled (24 bytes a point)."""
         return (self.max_runs + self.max_nodes) * self.max_series * self.max_points * 24
+
+
+def flat_config(config: Any) -> dict[str, str | float]:
+    """``run_started``'s config as at most ``MAX_CONFIG_KEYS`` scalars: nested keys joined by
+    ``.``, SB3's ``hyperparameters`` mapping unwrapped, strings cut at ``MAX_CONFIG_TEXT``."""
+    out: dict[str, str | float] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if len(out) >= MAX_CONFIG_KEYS:
+            return
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                unwrap = prefix == "" and key == "hyperparameters"
+                walk("" if unwrap else f"{prefix}.{key}" if prefix else str(key), item)
+        elif not prefix:
+            return
+        elif isinstance(value, bool):
+            out[prefix] = str(value).lower()
+        elif isinstance(value, int | float) and math.isfinite(value):
+            out[prefix] = float(value)
+        elif isinstance(value, str):
+            out[prefix] = value[:MAX_CONFIG_TEXT]
+
+    if isinstance(config, Mapping):
+        walk("", config)
+    return out
 
 
 def _source_of(message: Message) -> Source | None:

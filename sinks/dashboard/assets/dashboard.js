@@ -1,0 +1,78 @@
+// Per-chart tools (log scale, full width, CSV of the shown series, PNG), handled in the
+// browser: they change only what is drawn, so the server is not asked.
+(function () {
+  "use strict";
+
+  function csvCell(value) {
+    if (value === null || value === undefined) return "";
+    const text = String(value);
+    return /[",\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+
+  // Long format, one row per drawn point: what the chart shows (after downsampling and
+  // smoothing), not the server's whole buffer.
+  function chartCsv(gd) {
+    const lines = ["series,role,x,y"];
+    for (const trace of gd.data || []) {
+      if (trace.visible === "legendonly" || !trace.x || !trace.y) continue;
+      const role = (trace.meta && trace.meta.role) || "";
+      const name = (trace.meta && trace.meta.series) || trace.name || "";
+      const n = Math.min(trace.x.length, trace.y.length);
+      for (let i = 0; i < n; i++) {
+        lines.push([name, role, trace.x[i], trace.y[i]].map(csvCell).join(","));
+      }
+    }
+    return lines.join("\n") + "\n";
+  }
+
+  function download(name, text) {
+    const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  function fileName(chartId) {
+    return chartId.replace(/[^A-Za-z0-9_.-]+/g, "_");
+  }
+
+  // The server draws a chart whole again on a control change, and lays cards out again when
+  // the set of charts changes: it must know which are log-scaled or wide.
+  function remember() {
+    const clientside = window.dash_clientside;
+    if (!clientside || !clientside.set_props) return;
+    const marked = (attr) =>
+      Array.from(document.querySelectorAll(`[data-chart][data-${attr}="true"]`)).map((el) => el.dataset.chart);
+    clientside.set_props("chart-options", { data: { log: marked("log"), wide: marked("wide") } });
+  }
+
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("[data-action]");
+    if (!button) return;
+    const card = button.closest("[data-chart]");
+    const gd = card && card.querySelector(".js-plotly-plot");
+    if (!gd || !window.Plotly) return;
+    const chartId = card.dataset.chart;
+    const action = button.dataset.action;
+    if (action === "log") {
+      const log = !card.classList.contains("log");
+      card.classList.toggle("log", log);
+      card.dataset.log = String(log);
+      window.Plotly.relayout(gd, { "yaxis.type": log ? "log" : "linear" });
+      remember();
+    } else if (action === "wide") {
+      card.classList.toggle("wide");
+      card.dataset.wide = String(card.classList.contains("wide"));
+      window.Plotly.Plots.resize(gd);
+      remember();
+    } else if (action === "csv") {
+      download(fileName(chartId) + ".csv", chartCsv(gd));
+    } else if (action === "png") {
+      window.Plotly.downloadImage(gd, { format: "png", filename: fileName(chartId), width: 1200, height: 500 });
+    }
+  });
+})();
