@@ -31,7 +31,7 @@ from sinks.dashboard.figures import (
     trace_pair,
     x_values,
 )
-from sinks.dashboard.groups import aggregate, group_traces, member_trace
+from sinks.dashboard.groups import MAX_GROUPS, aggregate, group_traces, member_trace
 from sinks.dashboard.runs import Grouping, groups, run_colour
 from sinks.dashboard.store import NODE, RUN, Series, SourceData, Store
 
@@ -212,23 +212,25 @@ class Painter:
         refs = {ref.source: ref for ref in spec.series}
         traces: list[dict[str, Any]] = []
         members_drawn: list[dict[str, Any]] = []
-        for name, runs in groups(self.store, refs, grouping).items():
-            arrays = []
-            for run in runs:
+        found = groups(self.store, refs, grouping)
+        largest = sorted(sorted(found, key=lambda g: (-len(found[g]), g))[:MAX_GROUPS])
+        arrays: dict[str, list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]] = {}
+        for name in largest:
+            for run in found[name]:
                 series = self._series(refs[run])
                 if series is None or series.n == 0:
                     continue
                 step, ts, values = series.arrays()
                 x = x_values(step, ts, x_mode, self._origin(refs[run]))
-                arrays.append((x, values))
+                arrays.setdefault(name, []).append((x, values))
                 if grouping.members:
                     picked = downsample.select(values, self.draw_points // 4)
                     members_drawn.append(member_trace(run, run_colour(name), x[picked], values[picked]))
-            line = aggregate(
-                arrays, stat=grouping.stat, band=grouping.band, smoothing=self.view.smoothing, episode=spec.episode
-            )
-            if line is not None:
-                traces += group_traces(name, run_colour(name), line, stat=grouping.stat, band=grouping.band)
+        lines = aggregate(
+            arrays, stat=grouping.stat, band=grouping.band, smoothing=self.view.smoothing, episode=spec.episode
+        )
+        for name, line in lines.items():
+            traces += group_traces(name, run_colour(name), line, stat=grouping.stat, band=grouping.band)
         return figure(spec.title, members_drawn + traces, x_mode, spec.id)
 
     def full(self, spec: ChartSpec, webgl: bool = False) -> tuple[dict[str, Any], dict[str, list[float]]]:

@@ -18,6 +18,9 @@ MAX_WEBGL_CHARTS: Final = 8
 #: A group chart (mean and band over its members) is recomputed at most this often: it has
 #: no cheap increment, and a band that moves every few seconds reads as well as a live one.
 GROUP_REFRESH: Final = 3.0
+#: Group charts drawn per poll at most: the others wait for the next polls, so one poll
+#: never carries every group chart of a page (which over a sweep is seconds of work).
+GROUP_CHARTS_PER_POLL: Final = 3
 
 
 @dataclass
@@ -59,6 +62,7 @@ def chart_updates(
     redraw_all = cursors.get("view") != signature or cursors.get("ids") != chart_ids
     charts: dict[str, Any] = {} if redraw_all else dict(cursors.get("charts") or {})
     out = PageUpdate()
+    grouped_drawn = 0
     with store.lock:
         specs = {s.id: s for s in chart_specs(store, view)}
         painter = Painter(store, view, draw_points, webgl_points)
@@ -72,11 +76,12 @@ def chart_updates(
             keys = [r.key for r in spec.series]
             if painter.is_grouped(spec):
                 mark = _group_mark(painter, spec)
-                due = (
+                due = grouped_drawn < GROUP_CHARTS_PER_POLL and (
                     known is None
                     or known.get("keys") != keys
                     or (known.get("mark") != mark and now - float(known.get("at", 0.0)) >= GROUP_REFRESH)
                 )
+                grouped_drawn += int(due)
                 out.figures.append(_with_axis(painter.grouped(spec), chart_id in log_charts) if due else None)
                 out.extends.append(None)
                 if due:
