@@ -437,9 +437,12 @@ def test_groups_by_run_id_draw_a_mean_with_a_band_over_the_right_runs(dashboard:
     assert groups["ppo-a"]["meta"]["members"] == 1  # a run no pattern matches is a group of its own
     lo, hi = roles("band-lo")["sweep-lr1"], roles("band-hi")["sweep-lr1"]
     centre = groups["sweep-lr1"]["y"]
-    assert all(a <= c + 1e-9 and c <= b + 1e-9 for a, c, b in zip(lo["y"], centre, hi["y"], strict=True))
+    # the x grid is the chart's: beyond the sweep's last step (ppo-a runs longer) it has no value
+    spans = [(a, c, b) for a, c, b in zip(lo["y"], centre, hi["y"], strict=True) if c is not None]
+    assert len(spans) > 50
+    assert all(a <= c + 1e-9 and c <= b + 1e-9 for a, c, b in spans)
     # seeds add 0, 1 and 2 to the same curve: min–max spans 2, ±1 std 2 × 0.816
-    assert max(b - a for a, b in zip(lo["y"], hi["y"], strict=True)) == pytest.approx(2.0, rel=1e-3)
+    assert max(b - a for a, _, b in spans) == pytest.approx(2.0, rel=1e-3)
     choose(page, "#group-band", "±1 std")
 
     def std_band() -> bool:
@@ -448,7 +451,8 @@ def test_groups_by_run_id_draw_a_mean_with_a_band_over_the_right_runs(dashboard:
 
     wait_until(std_band, 20, "the ±std band")
     lo, hi = roles("band-lo")["sweep-lr1"], roles("band-hi")["sweep-lr1"]
-    assert max(b - a for a, b in zip(lo["y"], hi["y"], strict=True)) == pytest.approx(2 * 0.8165, rel=1e-3)
+    widths = [b - a for a, b in zip(lo["y"], hi["y"], strict=True) if a is not None and b is not None]
+    assert max(widths) == pytest.approx(2 * 0.8165, rel=1e-3)
     page.click("#group-members input")
     members = wait_until(lambda: roles("member"), 20, "the members' own lines")
     assert {run for run, _ in SWEEP} <= set(members)
