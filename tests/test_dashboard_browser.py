@@ -50,6 +50,7 @@ pytest.importorskip("dash", reason="the dashboard needs the dashboard extra")
 
 TRACES_JS = """(id) => {
   const g = document.querySelector(`[data-chart="${id}"] .js-plotly-plot`);
+  if (g) g.scrollIntoView({block: "nearest"});  // the page sends points to charts on screen
   if (!g || !g.data) return null;
   return g.data.map(t => ({name: t.name, role: t.meta && t.meta.role, type: t.type,
                            x: Array.from(t.x || []), y: Array.from(t.y || [])}))
@@ -377,6 +378,7 @@ def test_screenshot_is_written_as_an_artifact(dashboard: Dashboard) -> None:
 
 META_JS = """(id) => {
   const g = document.querySelector(`[data-chart="${id}"] .js-plotly-plot`);
+  if (g) g.scrollIntoView({block: "nearest"});
   if (!g || !g.data) return [];
   return g.data.map(t => ({name: t.name, meta: t.meta || {}, colour: t.line && t.line.color,
                            x: Array.from(t.x || []), y: Array.from(t.y || [])}));

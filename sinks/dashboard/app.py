@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from sinks.dashboard.charts import ChartSpec, View, chart_specs, compile_filter
 from sinks.dashboard.figures import SECTIONS, X_MODES
-from sinks.dashboard.layout import CHART_HEIGHT, CSS, PAGE_SECTIONS, layout
+from sinks.dashboard.layout import CHART_HEIGHT, CSS, PAGE_SECTIONS, layout, run_options
 from sinks.dashboard.nodes import overview_key, overview_table
 from sinks.dashboard.panels import age_text, alert_table, attrs, valid_regex
 from sinks.dashboard.runs import (
@@ -35,14 +35,13 @@ from sinks.dashboard.runs import (
     hparams_figure,
     matching,
     recent_runs,
-    run_colour,
     table_rows,
 )
 from sinks.dashboard.store import Store
 from sinks.dashboard.updates import chart_updates
 
 #: The runs table and the node overview are rebuilt at most this often (seconds).
-TABLE_REFRESH: Final = 2.0
+TABLE_REFRESH: Final = 3.0
 _RUN_SECTIONS: Final = tuple(key for key, _, _ in SECTIONS)
 _TABLE_COLUMNS: Final = (
     ("run", "run", "text"),
@@ -92,7 +91,14 @@ def build_app(
     # way; its stubs only say str)
     app = Dash(__name__, title="metricbus", update_title=None, serve_locally=True)  # type: ignore[arg-type]
     app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
-    app.layout = layout(poll_interval, smoothing, default_runs)
+
+    def page() -> Any:
+        with store.lock:
+            runs = sorted(store.runs)
+            recent = recent_runs(store, default_runs)
+        return layout(poll_interval, smoothing, default_runs, runs, recent)
+
+    app.layout = page
 
     def view_of(
         runs: list[str] | None,
@@ -123,7 +129,13 @@ def build_app(
             const started = window.metricbusPoll || 0, now = Date.now();
             if (started && now - started < {overdue_ms}) {{ return window.dash_clientside.no_update; }}
             window.metricbusPoll = now;
-            return now;
+            // the charts on screen or within a screen of it: only those get points this poll
+            const h = window.innerHeight, visible = [];
+            for (const el of document.querySelectorAll('[data-chart]')) {{
+                const r = el.getBoundingClientRect();
+                if (r.width > 0 && r.bottom > -h && r.top < 2 * h) {{ visible.push(el.dataset.chart); }}
+            }}
+            return {{t: now, visible: visible}};
         }}""",
         Output("tick", "data"),
         Input("clock", "n_intervals"),
@@ -228,14 +240,7 @@ def build_app(
             value = selected + fresh[-room:] if room and fresh else selected
         out: list[Any] = [no_update] * 9
         if runs != (known or []):
-            out[0] = [
-                {
-                    "label": html.Span([html.Span(className="chip", style={"background": run_colour(r)}), r]),
-                    "value": r,
-                    "search": r,
-                }
-                for r in runs
-            ]
+            out[0] = run_options(runs)
             out[2] = runs
             out[7] = [{"label": k, "value": k} for k in hp_keys]
         if value != selected:
@@ -362,7 +367,7 @@ def build_app(
         State("chart-options", "data"),
     )
     def update_figures(
-        _tick: Any,
+        tick: Any,
         chart_ids: list[dict[str, str]],
         runs: list[str] | None,
         run_filter: str | None,
@@ -391,6 +396,7 @@ def build_app(
             webgl_points=webgl_points,
             now=time.time(),
             log_charts=frozenset((options or {}).get("log") or []),
+            visible=frozenset(tick["visible"]) if isinstance(tick, dict) else None,
         )
         figures = [f if f is not None else no_update for f in update.figures]
         extends = [e if e is not None else no_update for e in update.extends]
@@ -412,7 +418,7 @@ def build_app(
         Output("health", "children"),
         Input("tick", "data"),
     )
-    def update_health(_tick: float | None) -> Any:
+    def update_health(_tick: Any) -> Any:
         now = time.time()
         with store.lock:
             h = store.health

@@ -13,7 +13,7 @@ from typing import Any, Final
 from sinks.dashboard.figures import SECTIONS, X_MODES
 from sinks.dashboard.groups import BANDS, STATS
 from sinks.dashboard.panels import attrs
-from sinks.dashboard.runs import DEFAULT_DRAWN, DEFAULT_GROUP_PATTERN
+from sinks.dashboard.runs import DEFAULT_DRAWN, DEFAULT_GROUP_PATTERN, run_colour
 
 #: Collapsible sections in page order: run sections with System before Other, then the runs.
 PAGE_SECTIONS: Final = (
@@ -78,7 +78,21 @@ def _control(label: str, *children: Any, **kwargs: Any) -> Any:
     return html.Div([html.Label(label, className="title"), *children], className="control", **kwargs)
 
 
-def controls(smoothing: float, default_runs: int) -> Any:
+def run_options(runs: list[str]) -> list[dict[str, Any]]:
+    """The run selector's options: each run's name with its colour."""
+    from dash import html
+
+    return [
+        {
+            "label": html.Span([html.Span(className="chip", style={"background": run_colour(r)}), r]),
+            "value": r,
+            "search": r,
+        }
+        for r in runs
+    ]
+
+
+def controls(smoothing: float, default_runs: int, runs: list[str], selected: list[str]) -> Any:
     from dash import dcc, html
 
     return html.Div(
@@ -87,8 +101,8 @@ def controls(smoothing: float, default_runs: int) -> Any:
                 "Runs",
                 dcc.Dropdown(
                     id="run-select",
-                    options=[],
-                    value=[],
+                    options=run_options(runs),
+                    value=selected,
                     multi=True,
                     placeholder="runs to draw",
                     maxHeight=360,
@@ -101,9 +115,18 @@ def controls(smoothing: float, default_runs: int) -> Any:
             ),
             _control(
                 "pattern",
-                dcc.Input(id="run-filter", type="text", placeholder="regex, e.g. ^ppo-", debounce=False),
+                dcc.Input(
+                    id="run-filter",
+                    type="text",
+                    placeholder="regex, e.g. ^ppo-",
+                    debounce=False,
+                    style={"width": "130px"},
+                ),
             ),
-            _control("metrics", dcc.Input(id="metric-search", type="text", placeholder="e.g. loss|reward")),
+            _control(
+                "metrics",
+                dcc.Input(id="metric-search", type="text", placeholder="e.g. loss|reward", style={"width": "130px"}),
+            ),
             _control(
                 "group",
                 dcc.Dropdown(
@@ -226,13 +249,22 @@ def alerts_section() -> Any:
     )
 
 
-def layout(poll_interval: float, smoothing: float, default_runs: int = DEFAULT_DRAWN) -> Any:
+def layout(
+    poll_interval: float,
+    smoothing: float,
+    default_runs: int = DEFAULT_DRAWN,
+    runs: list[str] | None = None,
+    selected: list[str] | None = None,
+) -> Any:
+    """The page; ``runs`` and ``selected`` fill the run selector as the page is served, so the
+    first answers already draw charts instead of first choosing runs."""
+    runs, selected = runs or [], selected or []
     from dash import dcc, html
 
     return html.Div(
         [
             html.Header([html.H1("metricbus"), html.Div(id="health", className="health")]),
-            controls(smoothing, default_runs),
+            controls(smoothing, default_runs, runs, selected),
             html.Main([alerts_section(), *sections()]),
             dcc.Location(id="url", refresh=False),
             # A poll starts only when the last one has answered (or is long overdue): Dash drops
@@ -243,7 +275,7 @@ def layout(poll_interval: float, smoothing: float, default_runs: int = DEFAULT_D
             dcc.Store(id="ack", data=0),
             dcc.Store(id="ack-seen", data=0),
             dcc.Store(id="cursors", data={}),
-            dcc.Store(id="known-runs", data=[]),
+            dcc.Store(id="known-runs", data=runs),
             dcc.Store(id="chart-ids", data=[]),
             dcc.Store(id="panel-keys", data={}),
             dcc.Store(id="closed-sections", data=[], storage_type="local"),

@@ -21,6 +21,8 @@ GROUP_REFRESH: Final = 3.0
 #: Group charts drawn per poll at most: the others wait for the next polls, so one poll
 #: never carries every group chart of a page (which over a sweep is seconds of work).
 GROUP_CHARTS_PER_POLL: Final = 3
+#: Charts drawn when the page has not yet said which are on screen (the first screen's).
+FIRST_DRAWN: Final = 8
 
 
 @dataclass
@@ -54,8 +56,14 @@ def chart_updates(
     webgl_points: int,
     now: float,
     log_charts: frozenset[str] = frozenset(),
+    visible: frozenset[str] | None = None,
 ) -> PageUpdate:
-    """What to send for ``chart_ids`` given the browser's ``cursors`` (takes the store's lock)."""
+    """What to send for ``chart_ids`` given the browser's ``cursors`` (takes the store's lock).
+
+    Only ``visible`` charts (on screen or near it, as the page said) are drawn or extended;
+    the others keep their cursors and catch up when scrolled to, so a page's work follows
+    what a reader sees, not how many charts exist. Unknown (None): the first
+    ``FIRST_DRAWN`` charts, which are on the first screen."""
     cursors = cursors or {}
     signature = view.signature()
     # A new chart list means the charts were laid out again, empty: draw them all whole.
@@ -66,10 +74,11 @@ def chart_updates(
     with store.lock:
         specs = {s.id: s for s in chart_specs(store, view)}
         painter = Painter(store, view, draw_points, webgl_points)
-        for chart_id in chart_ids:
+        for index, chart_id in enumerate(chart_ids):
             spec = specs.get(chart_id)
             known = charts.get(chart_id)
-            if spec is None:
+            seen = index < FIRST_DRAWN if visible is None else chart_id in visible
+            if spec is None or not seen:
                 out.figures.append(None)
                 out.extends.append(None)
                 continue
