@@ -122,7 +122,7 @@ def part_server(points: int, polls: int) -> dict[str, Any]:
     rss_start = process.memory_info().rss
     sink = DashboardSink(
         port=free_port(), history_root=None, max_points=points, max_runs=RUNS, max_nodes=1, max_series=METRICS,
-        poll_interval=0.5,
+        poll_interval=0.5, default_runs=RUNS,
     )  # fmt: skip
     log = RequestLog(sink.app.server)
     rss_empty = process.memory_info().rss
@@ -145,7 +145,8 @@ def part_server(points: int, polls: int) -> dict[str, Any]:
     results: dict[int, dict[str, Any]] = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # tall enough that every chart is on or near the screen: the page sends points only to those
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.set_default_timeout(120_000)
         page.goto(sink.url)
         last_chart = f'[data-chart="m:train/m{METRICS - 1:02d}"] .js-plotly-plot'

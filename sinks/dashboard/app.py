@@ -41,7 +41,7 @@ from sinks.dashboard.store import Store
 from sinks.dashboard.updates import chart_updates
 
 #: The runs table and the node overview are rebuilt at most this often (seconds).
-TABLE_REFRESH: Final = 3.0
+TABLE_REFRESH: Final = 5.0
 _RUN_SECTIONS: Final = tuple(key for key, _, _ in SECTIONS)
 _TABLE_COLUMNS: Final = (
     ("run", "run", "text"),

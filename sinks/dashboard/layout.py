@@ -207,7 +207,8 @@ def sections() -> list[Any]:
     blocks: list[Any] = []
     for key, title in PAGE_SECTIONS:
         if key == "system":
-            body = [html.Div(id="node-overview-box"), html.Div(id="charts-system", className="node-charts")]
+            overview = dcc.Markdown(id="node-overview-box", children="", dangerously_allow_html=True)
+            body = [overview, html.Div(id="charts-system", className="node-charts")]
         elif key == "runs":
             table = dash_table.DataTable(  # type: ignore[attr-defined]
                 id="runs-table",

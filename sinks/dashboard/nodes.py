@@ -4,18 +4,19 @@ cells), so 64 nodes fit a screen where a chart per metric per node would be thou
 charts. Clicking a node's name opens its charts (``?node=NAME`` in the URL, so a reload or
 a shared link keeps it open).
 
-Callers hold the store's lock; Dash is imported only when rows are built.
+Callers hold the store's lock. No Dash here: the table is an HTML string (see
+:func:`overview_table`).
 """
 
 from __future__ import annotations
 
 import math
 import urllib.parse
+from html import escape
 from typing import Any, Final
 
 import numpy as np
 
-from sinks.dashboard.panels import attrs
 from sinks.dashboard.store import SourceData, Store
 
 #: Samples a sparkline spans, and the characters it is drawn with (eight heights).
@@ -90,18 +91,16 @@ def overview_key(store: Store) -> list[Any]:
     return [(name, data.last_ts) for name, data in sorted(store.nodes.items())]
 
 
-def _cell(text: str, spark: str, title: str) -> Any:
-    from dash import html
-
-    return html.Td([html.Span(text, className="val"), html.Span(spark, className="spark")], title=title)
+def _cell(text: str, spark: str, title: str) -> str:
+    return f'<td title="{escape(title)}"><span class="val">{escape(text)}</span><span class="spark">{spark}</span></td>'
 
 
-def overview_table(store: Store, open_nodes: list[str]) -> Any:
-    """The overview: a row per node, the open ones marked."""
-    from dash import dcc, html
-
+def overview_table(store: Store, open_nodes: list[str]) -> str:
+    """The overview as one HTML table (names from the wire escaped): a row per node, the open
+    ones marked. One HTML string, not a component per cell: 64 nodes × 8 GPUs would be
+    thousands of Dash components, which the page would take seconds to render every refresh."""
     if not store.nodes:
-        return html.Div("no node is publishing system metrics", className="empty")
+        return '<div class="empty">no node is publishing system metrics</div>'
     rows = []
     widest = max(len(gpu_indices(d)) for d in store.nodes.values())
     for name in sorted(store.nodes):
@@ -112,7 +111,7 @@ def overview_table(store: Store, open_nodes: list[str]) -> Any:
         tx_tail = _tail(data, "net/tx_bytes_per_s")
         if len(tx_tail) == len(net_tail):
             net_tail = net_tail + tx_tail
-        cores = node_cores(data)
+        net = (rx if math.isfinite(rx) else 0.0) + (tx if math.isfinite(tx) else 0.0)
         gpu_rows = []
         indices = gpu_indices(data)
         for label, field, lo, hi, unit in GPU_ROWS if indices else ():
@@ -121,32 +120,24 @@ def overview_table(store: Store, open_nodes: list[str]) -> Any:
                 value = gpu_value(data, index, field)
                 level = heat(value, lo, hi)
                 text = f"gpu{index} {label} {value:.0f}{unit}" if math.isfinite(value) else f"gpu{index} {label} —"
-                cells.append(html.Span(className=f"g h{level}" if level >= 0 else "g hn", title=text))
-            gpu_rows.append(html.Div([html.Span(label, className="glabel"), *cells], className="grow"))
+                cells.append(f'<span class="g {f"h{level}" if level >= 0 else "hn"}" title="{escape(text)}"></span>')
+            gpu_rows.append(f'<div class="grow"><span class="glabel">{label}</span>{"".join(cells)}</div>')
         href = "?" + urllib.parse.urlencode({"node": name})
         is_open = name in open_nodes
         rows.append(
-            html.Tr(
-                [
-                    html.Td(dcc.Link(name, href=href, className="node-link"), className="node-name"),
-                    _cell(_pct(cpu), sparkline(_tail(data, "cpu/percent"), 0, 100), f"CPU {_pct(cpu)}, {cores} cores"),
-                    _cell(_pct(mem), sparkline(_tail(data, "mem/percent"), 0, 100), f"memory {_pct(mem)}"),
-                    _cell(_pct(disk), "", f"disk {_pct(disk)}"),
-                    _cell(
-                        human_rate((rx if math.isfinite(rx) else 0.0) + (tx if math.isfinite(tx) else 0.0))
-                        if math.isfinite(rx) or math.isfinite(tx)
-                        else "—",
-                        sparkline(net_tail),
-                        "network rx + tx",
-                    ),
-                    html.Td(gpu_rows or "—", className="gpus"),
-                ],
-                className="open" if is_open else "",
-                **attrs({"data-overview-node": name, "data-open": "true" if is_open else "false"}),
+            f'<tr class="{"open" if is_open else ""}" data-overview-node="{escape(name)}"'
+            f' data-open="{"true" if is_open else "false"}">'
+            f'<td class="node-name"><a class="node-link" href="{escape(href)}">{escape(name)}</a></td>'
+            + _cell(
+                _pct(cpu), sparkline(_tail(data, "cpu/percent"), 0, 100), f"CPU {_pct(cpu)}, {node_cores(data)} cores"
             )
+            + _cell(_pct(mem), sparkline(_tail(data, "mem/percent"), 0, 100), f"memory {_pct(mem)}")
+            + _cell(_pct(disk), "", f"disk {_pct(disk)}")
+            + _cell(human_rate(net) if math.isfinite(rx) or math.isfinite(tx) else "—", sparkline(net_tail), "net")
+            + f'<td class="gpus">{"".join(gpu_rows) or "—"}</td></tr>'
         )
-    head = html.Tr([html.Th(t) for t in ("node", "CPU", "mem", "disk", "net", f"GPUs ({widest} max)")])
-    return html.Table([html.Thead(head), html.Tbody(rows)], id="node-overview")
+    head = "".join(f"<th>{t}</th>" for t in ("node", "CPU", "mem", "disk", "net", f"GPUs ({widest} max)"))
+    return f'<table id="node-overview"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _pct(value: float) -> str:

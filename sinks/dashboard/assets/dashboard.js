@@ -50,6 +50,16 @@
     clientside.set_props("chart-options", { data: { log: marked("log"), wide: marked("wide") } });
   }
 
+  // The node overview is plain HTML (one component, not thousands): its links change the
+  // URL as dcc.Link does, without reloading the page, and dcc.Location passes it on.
+  document.addEventListener("click", function (event) {
+    const link = event.target.closest("a.node-link");
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    window.history.pushState({}, "", link.getAttribute("href"));
+    window.dispatchEvent(new CustomEvent("_dashprivate_pushstate"));
+  });
+
   document.addEventListener("click", function (event) {
     const button = event.target.closest("[data-action]");
     if (!button) return;
