@@ -66,7 +66,7 @@ SINK_PROCESS = r"""
 import json, sys, threading, time
 from bus.subscriber import SinkRunner
 from sinks.dashboard.sink import DashboardSink
-port, backend, options = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+port, backend, options, ready = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 sink = DashboardSink(port=port, **options)
 records, lock, local = [], threading.Lock(), threading.local()
 server = sink.app.server
@@ -87,6 +87,7 @@ def _bench():
         out = list(records)
         records.clear()
     return json.dumps(out)
+open(ready, "w").close()  # only now: a request before the hooks would make Flask refuse them
 SinkRunner(sink, name="dashboard", backend=backend).run()
 """
 
@@ -105,13 +106,14 @@ def base_tree(where: Path) -> Path:
 class Dashboard:
     """One dashboard sink process of the code at ``code``."""
 
-    def __init__(self, name: str, code: Path, backend: str, options: dict[str, Any]) -> None:
+    def __init__(self, name: str, code: Path, backend: str, options: dict[str, Any], workdir: Path) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ready = workdir / f"{name}-{self.port}.ready"
         env = {**os.environ, "PYTHONPATH": str(code)}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SINK_PROCESS, str(self.port), backend, json.dumps(options)],
+            [sys.executable, "-c", SINK_PROCESS, str(self.port), backend, json.dumps(options), str(self.ready)],
             cwd=code,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -123,15 +125,11 @@ class Dashboard:
     def _answers(self) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"{self.name} dashboard died: {self.process.stderr.read()[-2000:]}")  # type: ignore[union-attr]
-        try:
-            urllib.request.urlopen(self.url + "/_bench", timeout=2).read()
-            return True
-        except OSError:
-            return False
+        return self.ready.exists()
 
     def requests(self) -> list[tuple[str, float, int]]:
         with urllib.request.urlopen(self.url + "/_bench", timeout=30) as answer:
-            return [tuple(r) for r in json.loads(answer.read())]  # type: ignore[misc]
+            return [tuple(r) for r in json.loads(answer.read())]
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -410,54 +408,57 @@ def main() -> int:
         codes = {"new": ROOT, "base": base}
         options = {"history_root": None, "max_runs": args.runs + 10, "max_nodes": args.nodes + 6}
         broker, frontend, backend = start_broker(workdir)
-        dashboards = []
         try:
-            dashboards = [Dashboard(name, code, backend, options) for name, code in codes.items()]
-            load = Load(frontend, args.runs, args.nodes, args.cores, args.gpus).start()
-            values = len(METRICS) * args.runs + args.nodes * (6 + args.cores + 5 * args.gpus) / 2
-            print(
-                f"scale load: {args.runs} runs × {len(METRICS)} metrics (1 msg/s + 1 episode/s each), "
-                f"{args.nodes} nodes × {args.cores} cores × {args.gpus} GPUs (a sample every 2 s): "
-                f"≈ {values:,.0f} values/s; both dashboards subscribed; {args.warmup:.0f} s warm-up, "
-                f"then each page watched {args.minutes:g} min"
-            )
-            time.sleep(args.warmup)
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                for dash in dashboards:
-                    shot = ARTIFACTS / f"bench-scale-{dash.name}.png"
-                    print(report(measure_page(browser, dash, args.minutes, shot, args.paint_limit)), flush=True)
-                browser.close()
-            load.stop()
-            print(f"  publishers sent {load.sent:,} messages")
-        finally:
-            for dash in dashboards:
-                dash.stop()
-        if args.demo_timesteps:
-            logs = demo_logs(workdir, args.demo_timesteps)
-            node = next(p.name for p in (logs / "_nodes").iterdir()) if (logs / "_nodes").is_dir() else None
-            demo = {**options, "history_root": str(logs)}
-            dashboards = [Dashboard(name, code, backend, demo) for name, code in codes.items()]
+            dashboards: list[Dashboard] = []
             try:
+                dashboards = [Dashboard(name, code, backend, options, workdir) for name, code in codes.items()]
+                load = Load(frontend, args.runs, args.nodes, args.cores, args.gpus).start()
+                values = len(METRICS) * args.runs + args.nodes * (6 + args.cores + 5 * args.gpus) / 2
+                print(
+                    f"scale load: {args.runs} runs × {len(METRICS)} metrics (1 msg/s + 1 episode/s each), "
+                    f"{args.nodes} nodes × {args.cores} cores × {args.gpus} GPUs (a sample every 2 s): "
+                    f"≈ {values:,.0f} values/s; both dashboards subscribed; {args.warmup:.0f} s warm-up, "
+                    f"then each page watched {args.minutes:g} min"
+                )
+                time.sleep(args.warmup)
                 with sync_playwright() as playwright:
                     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-                    print(
-                        f"demo ({args.demo_timesteps:,} steps × 2 PPO runs, from its JSONL logs), 1400×900,"
-                        " every section open:"
-                    )
                     for dash in dashboards:
-                        opened = node if dash.name == "new" else None
-                        shot = ARTIFACTS / f"bench-demo-{dash.name}.png"
-                        height = demo_height(browser, dash, shot, opened)
-                        print(
-                            f"  {dash.name}: page height {height:,} px" + (f" (node {opened} opened)" if opened else "")
-                        )
+                        shot = ARTIFACTS / f"bench-scale-{dash.name}.png"
+                        print(report(measure_page(browser, dash, args.minutes, shot, args.paint_limit)), flush=True)
                     browser.close()
+                load.stop()
+                print(f"  publishers sent {load.sent:,} messages")
             finally:
                 for dash in dashboards:
                     dash.stop()
-        broker.terminate()
-        broker.wait()
+            if args.demo_timesteps:
+                logs = demo_logs(workdir, args.demo_timesteps)
+                node = next(p.name for p in (logs / "_nodes").iterdir()) if (logs / "_nodes").is_dir() else None
+                demo = {**options, "history_root": str(logs)}
+                try:
+                    dashboards = [Dashboard(name, code, backend, demo, workdir) for name, code in codes.items()]
+                    with sync_playwright() as playwright:
+                        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                        print(
+                            f"demo ({args.demo_timesteps:,} steps × 2 PPO runs, from its JSONL logs), 1400×900,"
+                            " every section open:"
+                        )
+                        for dash in dashboards:
+                            opened = node if dash.name == "new" else None
+                            shot = ARTIFACTS / f"bench-demo-{dash.name}.png"
+                            height = demo_height(browser, dash, shot, opened)
+                            print(
+                                f"  {dash.name}: page height {height:,} px"
+                                + (f" (node {opened} opened)" if opened else "")
+                            )
+                        browser.close()
+                finally:
+                    for dash in dashboards:
+                        dash.stop()
+        finally:
+            broker.terminate()
+            broker.wait()
     return 0
 
 
