@@ -303,7 +303,7 @@ def measure_page(browser: Any, dash: Dashboard, minutes: float, screenshot: Path
             answers.append(math.inf)
         time.sleep(max(0.0, 5.0 - (time.perf_counter() - t0)))
     try:
-        out.update(page.evaluate(PAGE_JS))
+        out.update(page.wait_for_function(PAGE_JS, timeout=60_000).json_value())
         page.screenshot(path=str(screenshot), timeout=60_000)
     except Exception as exc:
         out["error"] = str(exc).splitlines()[0]
@@ -387,6 +387,10 @@ def demo_height(browser: Any, dash: Dashboard, shot: Path, node: str | None) -> 
     return last
 
 
+class _Skip(Exception):
+    """The scale part is skipped (``--demo-only``)."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=200)
@@ -397,6 +401,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds of load before the first page")
     parser.add_argument("--paint-limit", type=float, default=90.0, help="seconds to wait for a first chart")
     parser.add_argument("--demo-timesteps", type=int, default=20_000, help="0: skip the demo part")
+    parser.add_argument("--demo-only", action="store_true", help="skip the scale part")
     parser.add_argument("--base", help="a checkout of the base commit (default: git archive of it)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -412,6 +417,8 @@ def main() -> int:
             dashboards: list[Dashboard] = []
             try:
                 dashboards = [Dashboard(name, code, backend, options, workdir) for name, code in codes.items()]
+                if args.demo_only:
+                    raise _Skip
                 load = Load(frontend, args.runs, args.nodes, args.cores, args.gpus).start()
                 values = len(METRICS) * args.runs + args.nodes * (6 + args.cores + 5 * args.gpus) / 2
                 print(
@@ -429,6 +436,8 @@ def main() -> int:
                     browser.close()
                 load.stop()
                 print(f"  publishers sent {load.sent:,} messages")
+            except _Skip:
+                pass
             finally:
                 for dash in dashboards:
                     dash.stop()
