@@ -382,6 +382,10 @@ def demo_height(browser: Any, dash: Dashboard, shot: Path, node: str | None) -> 
         height = int(page.evaluate("document.documentElement.scrollHeight"))
         same = same + 1 if height == last else 0
         last = height
+    # charts get points once on or near the screen: scroll through so the picture has them all
+    for y in range(0, last, 800):
+        page.evaluate(f"window.scrollTo(0, {y})")
+        page.wait_for_timeout(1200)
     page.screenshot(path=str(shot), full_page=True)
     page.close()
     return last
