@@ -50,7 +50,8 @@ pytest.importorskip("dash", reason="the dashboard needs the dashboard extra")
 
 TRACES_JS = """(id) => {
   const g = document.querySelector(`[data-chart="${id}"] .js-plotly-plot`);
-  if (g) g.scrollIntoView({block: "nearest"});  // the page sends points to charts on screen
+  const r = g && g.getBoundingClientRect();  // the page sends points to charts on or near the screen
+  if (r && (r.bottom < 0 || r.top > innerHeight)) g.scrollIntoView({block: "nearest"});
   if (!g || !g.data) return null;
   return g.data.map(t => ({name: t.name, role: t.meta && t.meta.role, type: t.type,
                            x: Array.from(t.x || []), y: Array.from(t.y || [])}))
@@ -378,7 +379,8 @@ def test_screenshot_is_written_as_an_artifact(dashboard: Dashboard) -> None:
 
 META_JS = """(id) => {
   const g = document.querySelector(`[data-chart="${id}"] .js-plotly-plot`);
-  if (g) g.scrollIntoView({block: "nearest"});
+  const r = g && g.getBoundingClientRect();
+  if (r && (r.bottom < 0 || r.top > innerHeight)) g.scrollIntoView({block: "nearest"});
   if (!g || !g.data) return [];
   return g.data.map(t => ({name: t.name, meta: t.meta || {}, colour: t.line && t.line.color,
                            x: Array.from(t.x || []), y: Array.from(t.y || [])}));
@@ -480,7 +482,8 @@ def test_runs_table_sorts_by_a_hyperparameter_and_its_rows_select_runs(dashboard
     row = page.locator("#runs-table tbody tr").nth(runs.index("ppo-b") + 2)  # header and filter rows first
     assert "ppo-b" in row.inner_text()
     row.locator("input[type=checkbox]").uncheck()
-    wait_until(lambda: "ppo-b" not in {t["name"] for t in dashboard.traces("m:train/loss")}, 10, "ppo-b gone")
+    traces = dashboard.traces
+    wait_until(lambda: "ppo-b" not in {t["name"] for t in traces("m:train/loss")}, 20, "ppo-b gone", interval=0.2)
 
 
 def test_node_overview_has_a_row_per_node_and_a_click_opens_that_nodes_charts(dashboard: Dashboard) -> None:

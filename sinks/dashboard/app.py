@@ -129,13 +129,7 @@ def build_app(
             const started = window.metricbusPoll || 0, now = Date.now();
             if (started && now - started < {overdue_ms}) {{ return window.dash_clientside.no_update; }}
             window.metricbusPoll = now;
-            // the charts on screen or within a screen of it: only those get points this poll
-            const h = window.innerHeight, visible = [];
-            for (const el of document.querySelectorAll('[data-chart]')) {{
-                const r = el.getBoundingClientRect();
-                if (r.width > 0 && r.bottom > -h && r.top < 2 * h) {{ visible.push(el.dataset.chart); }}
-            }}
-            return {{t: now, visible: visible}};
+            return now;
         }}""",
         Output("tick", "data"),
         Input("clock", "n_intervals"),
@@ -365,9 +359,10 @@ def build_app(
         State("closed-sections", "data"),
         State("url", "search"),
         State("chart-options", "data"),
+        State("visible-charts", "data"),
     )
     def update_figures(
-        tick: Any,
+        _tick: Any,
         chart_ids: list[dict[str, str]],
         runs: list[str] | None,
         run_filter: str | None,
@@ -384,6 +379,7 @@ def build_app(
         closed: list[str] | None,
         url: str | None,
         options: dict[str, Any] | None,
+        visible: list[str] | None,
     ) -> Any:
         grouping = grouping_of(group_mode, group_regex, group_hparam, group_stat, group_band, group_members)
         view = view_of(runs, run_filter, search, smooth, x_mode, closed, url, grouping)
@@ -396,7 +392,7 @@ def build_app(
             webgl_points=webgl_points,
             now=time.time(),
             log_charts=frozenset((options or {}).get("log") or []),
-            visible=frozenset(tick["visible"]) if isinstance(tick, dict) else None,
+            visible=frozenset(visible) if isinstance(visible, list) else None,
         )
         figures = [f if f is not None else no_update for f in update.figures]
         extends = [e if e is not None else no_update for e in update.extends]

@@ -282,5 +282,6 @@ def layout(
             dcc.Store(id="closed-sections", data=[], storage_type="local"),
             dcc.Store(id="chart-options", data={}),
             dcc.Store(id="runs-key", data={}),
+            dcc.Store(id="visible-charts", data=None),  # filled by assets/dashboard.js
         ]
     )

@@ -65,6 +65,8 @@ def chart_updates(
     what a reader sees, not how many charts exist. Unknown (None): the first
     ``FIRST_DRAWN`` charts, which are on the first screen."""
     cursors = cursors or {}
+    if visible is not None and not visible.intersection(chart_ids):
+        visible = None  # said before these charts were laid out: as good as unknown
     signature = view.signature()
     # A new chart list means the charts were laid out again, empty: draw them all whole.
     redraw_all = cursors.get("view") != signature or cursors.get("ids") != chart_ids

@@ -40,6 +40,26 @@
     return chartId.replace(/[^A-Za-z0-9_.-]+/g, "_");
   }
 
+  // Which charts are on screen or within a screen of it: a poll sends points only to those
+  // (sinks/dashboard/updates.py), whoever starts it (the clock or a pushed update).
+  let lastVisible = null;
+  function reportVisible() {
+    const clientside = window.dash_clientside;
+    if (!clientside || !clientside.set_props) return;
+    const h = window.innerHeight, visible = [];
+    for (const el of document.querySelectorAll("[data-chart]")) {
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && r.bottom > -h && r.top < 2 * h) visible.push(el.dataset.chart);
+    }
+    const key = visible.join("\n");
+    if (key === lastVisible) return;
+    try {
+      clientside.set_props("visible-charts", { data: visible });
+      lastVisible = key;
+    } catch (e) { /* the page is not drawn yet */ }
+  }
+  setInterval(reportVisible, 300);
+
   // The server draws a chart whole again on a control change, and lays cards out again when
   // the set of charts changes: it must know which are log-scaled or wide.
   function remember() {
