@@ -23,7 +23,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, Final
 
-from sinks.dashboard.charts import ChartSpec, View, chart_specs, compile_filter
+from sinks.dashboard.charts import ChartSpec, View, chart_specs, compile_filter, warm_search
 from sinks.dashboard.figures import SECTIONS, X_MODES
 from sinks.dashboard.layout import CHART_HEIGHT, CSS, PAGE_SECTIONS, layout, run_options
 from sinks.dashboard.nodes import overview_key, overview_table
@@ -282,6 +282,7 @@ def build_app(
         options: dict[str, Any] | None,
     ) -> Any:
         view = view_of(runs, run_filter, search, 0.0, "step", closed, url)
+        warm_search(store, view)  # the regex runs outside the store's lock
         with store.lock:
             specs = chart_specs(store, view)
         bad = "" if not run_filter or valid_regex(run_filter) else "bad-regex"

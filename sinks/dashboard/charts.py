@@ -142,7 +142,7 @@ def chart_specs(store: Store, view: View) -> list[ChartSpec]:
     per_section: dict[str, int] = {}
     # reward first in its section: what a reader looks for first
     for metric in sorted(metrics, key=lambda m: ("reward" not in m and "rew_" not in m, m)):
-        if search is not None and not search.search(metric):
+        if search is not None and not _matches(search, metric):
             continue
         section = section_of(metric)
         if view.sections is not None and section not in view.sections:
@@ -160,7 +160,7 @@ def chart_specs(store: Store, view: View) -> list[ChartSpec]:
         for metric in sorted(data.series):
             if metric.endswith("/mem_total_bytes"):
                 continue  # a constant: the overview shows memory used as a share of it
-            if search is None or search.search(metric):
+            if search is None or _matches(search, metric):
                 families.setdefault(node_family(metric), []).append(metric)
         for family, members in families.items():
             n = len(members)

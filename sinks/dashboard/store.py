@@ -42,6 +42,10 @@ NODE: Final = "node"
 EPISODE_PREFIX: Final = "episode/"
 SEVERITY_ORDER: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 FINISHED: Final = frozenset({"completed", "failed", "interrupted"})
+#: Publishers whose drop counts are kept, and (kind, publisher) entries remembered per source
+#: for de-duplication: least recently seen forgotten first.
+MAX_PUBLISHERS: Final = 20_000
+MAX_PUBLISHERS_PER_SOURCE: Final = 256
 #: A run's config keeps at most this many values, each string at most this long.
 MAX_CONFIG_KEYS: Final = 64
 MAX_CONFIG_TEXT: Final = 64

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sinks.dashboard.charts import Painter, View, chart_specs
+from sinks.dashboard.charts import Painter, View, chart_specs, warm_search
 from sinks.dashboard.store import Store
 
 #: Charts drawn with WebGL at most (Chromium keeps 16 WebGL contexts per page).
@@ -73,6 +73,7 @@ def chart_updates(
     charts: dict[str, Any] = {} if redraw_all else dict(cursors.get("charts") or {})
     out = PageUpdate()
     grouped_drawn = 0
+    warm_search(store, view)  # the regex runs outside the store's lock
     with store.lock:
         specs = {s.id: s for s in chart_specs(store, view)}
         painter = Painter(store, view, draw_points, webgl_points)
