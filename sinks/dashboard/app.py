@@ -470,7 +470,7 @@ def build_app(
             alerts_version = store.alerts.version
             if keys.get("alerts") != alerts_version:
                 out[1] = alert_table(store.alerts.firing(), "firing")
-                out[2] = alert_table(list(store.alerts.history)[:50], "resolved")
+                out[2] = alert_table(list(store.alerts.history)[:50], "resolved", len(store.alerts.history))
                 keys["alerts"] = alerts_version
         if out == [no_update] * 3:
             return (*out, no_update)

@@ -243,8 +243,7 @@ def alerts_section() -> Any:
         [
             html.H2("Alerts", style={"fontSize": "15px", "margin": "8px 0 4px"}),
             html.Div(id="alerts-firing"),
-            html.H3("Resolved", style={"fontSize": "14px"}),
-            html.Div(id="alerts-history"),
+            html.Div(id="alerts-history"),  # one line: "N resolved alerts", opens into a table
         ],
         id="section-alerts",
     )
