@@ -19,13 +19,26 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
+
+from bus.message import Message
 
 log = logging.getLogger("metricbus.tracker")
 
 Item = TypeVar("Item")
+
+#: The only events a tracker keeps: heartbeats and the like say nothing a tracker stores.
+LIFECYCLE: Final = frozenset({"run_started", "run_ended"})
+
+
+def tracked(batch: Sequence[Message], kinds: frozenset[str]) -> Iterator[Message]:
+    """The messages of ``batch`` a tracker bridge keeps: its ``kinds``, and of events only a
+    run's start and end."""
+    for m in batch:
+        if m.kind in kinds and (m.kind != "event" or m.data.get("event") in LIFECYCLE):
+            yield m
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any
 
 from bus.message import Message
 from sinks._scalars import check_kinds, numeric
-from sinks._tracker_queue import Call, TrackerQueue, TrackerStats, flatten
+from sinks._tracker_queue import Call, TrackerQueue, TrackerStats, flatten, tracked
 
 log = logging.getLogger("metricbus.mlflow")
 
@@ -47,7 +47,6 @@ _STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 _PERMANENT_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"})
 _BAD_KEY_CHARS = re.compile(r"[^\w./\- ]")
 
-_LIFECYCLE = frozenset({"run_started", "run_ended"})
 # (kind, source, ts in ms, step or None, data)
 _Item = tuple[str, str, int, "int | None", dict[str, Any]]
 
@@ -111,9 +110,7 @@ class MlflowSink:
     def handle(self, batch: Sequence[Message]) -> None:
         kinds = self.kinds
         items: list[_Item] = []
-        for m in batch:
-            if m.kind not in kinds or (m.kind == "event" and m.data.get("event") not in _LIFECYCLE):
-                continue  # heartbeats and other events say nothing a tracker keeps
+        for m in tracked(batch, kinds):
             source = f"node-{mlflow_key(m.node)}" if m.kind == "system" else m.run
             if source is None:
                 continue

@@ -34,7 +34,7 @@ from typing import Any
 
 from bus.message import Message
 from sinks._scalars import check_kinds, numeric
-from sinks._tracker_queue import Call, TrackerQueue, TrackerStats
+from sinks._tracker_queue import Call, TrackerQueue, TrackerStats, tracked
 
 log = logging.getLogger("metricbus.wandb")
 
@@ -42,7 +42,6 @@ STEP_METRIC = "bus/step"
 _MODES = ("offline", "online", "disabled")
 _STATUS_EXIT = {"completed": 0}
 
-_LIFECYCLE = frozenset({"run_started", "run_ended"})
 # (kind, source, ts, step or None, data)
 _Item = tuple[str, str, float, "int | None", dict[str, Any]]
 
@@ -98,9 +97,7 @@ class WandbSink:
     def handle(self, batch: Sequence[Message]) -> None:
         kinds = self.kinds
         items: list[_Item] = []
-        for m in batch:
-            if m.kind not in kinds or (m.kind == "event" and m.data.get("event") not in _LIFECYCLE):
-                continue  # heartbeats and other events say nothing a tracker keeps
+        for m in tracked(batch, kinds):
             source = f"node-{m.node}" if m.kind == "system" else m.run
             if source is not None:
                 items.append((m.kind, source, m.ts, m.step, m.data))

@@ -435,7 +435,14 @@ def test_groups_by_run_id_draw_a_mean_with_a_band_over_the_right_runs(dashboard:
         traces = page.evaluate(META_JS, "m:rollout/ep_rew_mean")
         return {t["meta"]["series"]: t for t in traces if t["meta"].get("role") == role}
 
-    groups = wait_until(lambda: (g := roles("group")) and {"sweep-lr1", "sweep-lr3"} <= set(g) and g, 20, "groups")
+    def settled() -> dict[str, dict[str, Any]] | None:
+        # a group line is recomputed at most every few seconds, so the first one drawn may
+        # predate the selection that grouping makes (every matching run): wait for the counts
+        g = roles("group")
+        counts = {name: g[name]["meta"]["members"] for name in ("sweep-lr1", "sweep-lr3") if name in g}
+        return g if counts == {"sweep-lr1": 3, "sweep-lr3": 2} else None
+
+    groups = wait_until(settled, 20, "groups of 3 and 2 runs")
     assert groups["sweep-lr1"]["meta"]["members"] == 3
     assert groups["sweep-lr3"]["meta"]["members"] == 2
     assert groups["ppo-a"]["meta"]["members"] == 1  # a run no pattern matches is a group of its own
