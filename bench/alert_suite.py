@@ -25,7 +25,6 @@ import argparse
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bus.testing import free_port  # noqa: E402  (after the path tweak)
 from sinks.jsonl_files import message_of, read_records, run_dir  # noqa: E402  (after the path tweak)
 
 SEVERITY_RANK: Final = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -131,12 +131,6 @@ class Outcome:
 # -- running ----------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def scaled_rules(source: Path, after: float) -> dict[str, Any]:
     """The rules of ``source`` with every absence rule's ``after`` (and ``grace``) at most ``after`` s."""
     data = yaml.safe_load(source.read_text())
@@ -154,11 +148,11 @@ class SuiteStack:
     def __init__(self, workdir: Path, rules: Path, absence_after: float) -> None:
         self.workdir = workdir
         self.root = workdir / "logs"
-        self.frontend = f"tcp://127.0.0.1:{_free_port()}"
+        self.frontend = f"tcp://127.0.0.1:{free_port()}"
         rules_path = workdir / "rules.yaml"
         rules_path.write_text(yaml.safe_dump(scaled_rules(rules, absence_after), sort_keys=False))
         config = {
-            "broker": {"frontend": self.frontend, "backend": f"tcp://127.0.0.1:{_free_port()}", "stats_interval": 1.0},
+            "broker": {"frontend": self.frontend, "backend": f"tcp://127.0.0.1:{free_port()}", "stats_interval": 1.0},
             "sinks": {
                 "jsonl": {"type": "jsonl", "root": str(self.root)},
                 "alerts": {

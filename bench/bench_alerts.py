@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from alerts.engine import AlertEngine  # noqa: E402  (after the path tweak, to run from a checkout)
 from bus.message import Message, decode, encode  # noqa: E402
 from bus.subscriber import SinkRunner  # noqa: E402
+from bus.testing import free_port  # noqa: E402  (after the path tweak)
 
 RUNS = [f"ppo-{i}" for i in range(8)]
 NODES = ["gpu-a", "gpu-b"]
@@ -160,16 +161,8 @@ print(pub.sent, pub.dropped, elapsed, flush=True)
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def live(rate: float, seconds: float, with_engine: bool, workdir: Path) -> dict[str, Any]:
-    frontend, backend = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     config = workdir / f"bus-{os.getpid()}-{int(rate)}-{int(with_engine)}.yaml"
     config.write_text(f"broker: {{frontend: '{frontend}', backend: '{backend}', stats_interval: 3600}}\nsinks: {{}}\n")
     ready = workdir / "broker.ready"

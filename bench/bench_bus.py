@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from bus.broker import Broker  # noqa: E402 - after the path fix, so the bench runs from a checkout
 from bus.config import BrokerConfig  # noqa: E402
 from bus.publisher import Publisher  # noqa: E402
+from bus.testing import free_port  # noqa: E402  (after the path tweak)
 from sinks.jsonl_files import read_records  # noqa: E402
 
 HWM = 1_000_000
@@ -61,12 +62,6 @@ DATA: dict[str, Any] = {
     "rollout/ep_rew_mean": 187.5,
     "time/fps": 2011,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def endpoints() -> tuple[str, str]:

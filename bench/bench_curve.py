@@ -18,7 +18,6 @@ metricbus and for raw pyzmq side by side: the first should be no worse than the 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from bus.curve import CurveKeys
 from bus.message import Message, encode
 from bus.publisher import Publisher
 from bus.security import BrokerCurve, KeyGate
+from bus.testing import free_port
 
 DATA: dict[str, Any] = {
     "train/value_loss": 0.12,
@@ -49,12 +49,6 @@ DATA: dict[str, Any] = {
     "rollout/ep_rew_mean": 150.0,
     "time/fps": 1500,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Keys:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import random
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bus.publisher import Publisher  # noqa: E402  (after the path tweak, to run from a checkout)
+from bus.testing import free_port  # noqa: E402  (after the path tweak)
 from metricbus.demo import StackProcess  # noqa: E402
 from publishers.sb3 import MetricbusCallback  # noqa: E402
 from publishers.system import SystemSampler  # noqa: E402
@@ -49,12 +49,6 @@ from publishers.system import SystemSampler  # noqa: E402
 class NoOp(BaseCallback):
     def _on_step(self) -> bool:
         return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_stack(workdir: Path) -> tuple[StackProcess, str]:

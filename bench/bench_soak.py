@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 import yaml
 
+from bus.testing import free_port
 from sinks.jsonl_files import read_records, run_dir
 
 TRIGGER = "soak/trigger"
@@ -46,12 +46,6 @@ RULE = {
     "threshold": 0.5,
     "repeat": "never",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- one publisher process ---------------------------------------------------------------------

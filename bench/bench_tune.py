@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,17 +27,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_stats import bootstrap_ci  # noqa: E402  (bench/ is the script's own folder)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def bootstrap_ci(ratios: list[float], rounds: int = 2000) -> tuple[float, float]:
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(rounds))
-    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds)]
+from bus.testing import free_port  # noqa: E402  (after the path tweak)
 
 
 def trainable(config: dict[str, Any]) -> None:
