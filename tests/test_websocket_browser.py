@@ -174,7 +174,7 @@ def test_the_dashboard_is_pushed_to_while_the_socket_is_up(page: Any) -> None:
     try:
         page.goto(dash.url)
         page.wait_for_function("() => document.body.dataset.push === 'live'")
-        wait_until(lambda: ws.stats()["clients"] == 1, 10, "the page to subscribe")
+        wait_until(lambda: ws.stats()["subscribed"] == 1, 10, "the page to subscribe")
         for step in (1, 2, 3):
             batch = [msg("metrics", "push-run", {"push/x": float(step)}, step)]
             dash.handle(batch)

@@ -139,6 +139,11 @@ class StreamServer:
     def clients(self) -> int:
         return len(self._clients)
 
+    @property
+    def subscribed(self) -> int:
+        """Clients whose subscription is in force (a connected client gets nothing before it)."""
+        return sum(len(clients) for _, clients in self._groups)
+
     # -- the loop ------------------------------------------------------------------------------
 
     def _run(self) -> None:

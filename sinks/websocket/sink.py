@@ -85,6 +85,7 @@ class WebSocketSink:
         s = self.server
         return {
             "clients": s.clients,
+            "subscribed": s.subscribed,
             "sent": s.sent,
             "dropped": s.dropped,
             "inbox_dropped": s.inbox_dropped,
