@@ -194,11 +194,14 @@ def test_absence_fires_for_a_killed_publisher_not_for_a_completed_run(alert_stac
             proc.stdout.close()
     # The limit is the rule's promise (after + grace) plus the engine's tick and the JSONL write.
     alerts = wait_until(
-        lambda: alert_stack.records("silent-killed", "alert"), AFTER + GRACE + 5, "the silent-run alert"
+        lambda: alert_stack.records("silent-killed", "alert"), AFTER + GRACE + 15, "the silent-run alert"
     )
     data = alerts[0]["data"]
     assert (data["rule"], data["state"], data["severity"]) == ("silent", "firing", "critical")
-    assert alerts[0]["ts"] - killed_at >= AFTER - 0.5  # the last message left shortly before the kill
+    # measured from the run's last message on disk, not from when this (maybe stalled) test saw the kill
+    last = max(r["ts"] for kind in ("metrics", "event") for r in alert_stack.records("silent-killed", kind))
+    assert last <= killed_at
+    assert alerts[0]["ts"] - last >= AFTER - 0.05
     assert data["value"] >= AFTER
     assert alert_stack.records("silent-done", "alert") == []  # silent far longer than AFTER, but it completed
     with Publisher(alert_stack.frontend, run="silent-killed") as pub:  # the run comes back: resolved
@@ -215,16 +218,17 @@ def test_a_restarted_engine_keeps_firing_alerts_without_notifying_again(alert_st
     os.kill(old, signal.SIGKILL)
     restarted = wait_until(lambda: _other_pid(alert_stack, old), 30, "the supervisor to restart the alerts sink")
 
+    probes: list[str] = []
+
     def probe_alerted() -> bool:
         # A message sent before the new sink subscribed is not for it; probe until one is evaluated.
+        # Every earlier probe still counts: on a loaded machine an alert can take longer than a probe.
         probe = f"e2e-probe-{time.monotonic_ns()}"
+        probes.append(probe)
         publish(alert_stack, probe, "metrics", "train/loss", [math.nan])
-        try:
-            return bool(wait_until(lambda: alert_stack.records(probe, "alert"), 1.0, "the probe's alert"))
-        except AssertionError:
-            return False
+        return any(alert_stack.records(p, "alert") for p in probes)
 
-    wait_until(probe_alerted, 30, f"the restarted alerts sink (pid {restarted}) to evaluate")
+    wait_until(probe_alerted, 60, f"the restarted alerts sink (pid {restarted}) to evaluate", interval=0.5)
     publish(alert_stack, run, "metrics", "s/x", [30, 40])  # still breaching: restored as firing, no new notice
     publish(alert_stack, run, "metrics", "s/x", [0])
     wait_until(lambda: alerts_of(alert_stack, run)[-1][1] == "resolved", 20, "the resolve")

@@ -119,5 +119,7 @@ def test_a_sigkilled_broker_loses_only_what_was_in_flight_and_records_it(
         recorded = {seq for first, last, _ in _gaps(root, run, pub) for seq in range(first, last + 1)}
         assert recorded == set(missing), (run, missing, _gaps(root, run, pub))
         # what was published while the broker was down (it cannot be back within 0.5 s) is on disk
-        while_down = [seq for seq, ts in on_disk.items() if killed_at + 0.05 <= ts <= killed_at + 0.5]
-        assert len(while_down) >= 0.8 * 0.45 * RATE, (run, len(while_down))
+        # (judged by seq, not by how many: a publisher stalled by a busy machine sends fewer then)
+        while_down = sorted(seq for seq, ts in on_disk.items() if killed_at + 0.05 <= ts <= killed_at + 0.5)
+        assert while_down, (run, "nothing on disk from while the broker was down")
+        assert not [s for s in missing if while_down[0] <= s <= while_down[-1]], (run, "lost while it was down")

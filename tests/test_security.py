@@ -173,7 +173,7 @@ def test_only_authorised_keys_get_through_a_curve_broker(
     # The worker's key only through the environment, as a training script on a worker node gets it.
     monkeypatch.setenv(ENV_SECRET_FILE, str(keys / "worker.key_secret"))
     monkeypatch.setenv(ENV_SERVER_KEY, str(keys / "broker.key"))
-    with Publisher(stack.frontend, run="worker") as good:
+    with Publisher(stack.frontend, run="worker", connect_timeout=15.0) as good:  # a CURVE handshake, maybe slow
         assert good.connected
         for step in range(500):
             good.metrics({"step": step}, step=step)
@@ -194,7 +194,7 @@ def test_a_key_copied_into_authorized_dir_lets_its_client_in_without_restart(
     with Publisher(stack.frontend, run="late", curve=curve_keys(keys, "stranger"), connect_timeout=0.5) as pub:
         assert not pub.connected
     (tmp_path / "authorized" / "stranger.key").write_bytes((keys / "stranger.key").read_bytes())
-    with Publisher(stack.frontend, run="late", curve=curve_keys(keys, "stranger")) as pub:
+    with Publisher(stack.frontend, run="late", curve=curve_keys(keys, "stranger"), connect_timeout=15.0) as pub:
         assert pub.connected
         pub.metrics({"x": 1.0}, step=1)
     wait_until(lambda: stack.records("late", "metrics"), 10, "the newly authorised worker's line")

@@ -33,7 +33,7 @@ PUBLISH = """
 import json, sys
 from bus.publisher import Publisher
 run, count = sys.argv[1], int(sys.argv[2])
-with Publisher(run=run, connect_timeout=3.0) as pub:
+with Publisher(run=run, connect_timeout=15.0) as pub:
     connected = pub.connected
     for step in range(count):
         pub.metrics({"step": step, "loss": 1.0 / (step + 1)}, step=step)

@@ -127,12 +127,15 @@ def test_garbage_is_counted_and_skipped_and_good_messages_around_it_are_recorded
     assert stack.stderr().count("undecodable frame") <= 2, "the stderr report is rate-limited"
 
 
-def _dead(pid: int) -> bool:
+def _state(pid: int) -> str:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
+        return "X"
+
+
+def _dead(pid: int) -> bool:
+    return _state(pid) in ("Z", "X")
 
 
 def test_a_killed_sink_is_restarted_its_files_stay_readable_and_the_gap_is_recorded(stack: Stack) -> None:
@@ -154,13 +157,17 @@ def test_a_killed_sink_is_restarted_its_files_stay_readable_and_the_gap_is_recor
     try:
         wait_until(lambda: len(stack.records(run, "metrics")) > 300, 30, "the first records")
         old = stack.child_pid("sink jsonl")
-        os.kill(old, signal.SIGKILL)
-        wait_until(lambda: _dead(old), 10, "the sink to die")
+        # Stopped first, so that the torn line is in place before the supervisor can start a new sink
+        # (the sink writes a batch with one os.write: a stopped sink leaves whole lines).
+        os.kill(old, signal.SIGSTOP)
+        wait_until(lambda: _state(old) == "T", 10, "the sink to stop")
         with metrics.open("ab") as f:  # what a kill in the middle of a write leaves behind
             f.write(b'{"v":1,"kind":"metrics","run":"kill","seq":')
         stats = ReadStats()
         before = len(list(read_file(metrics, stats)))
         assert stats.torn_tail and stats.bad_lines == 0, "the reader must skip the torn line, not choke on it"
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: _dead(old), 10, "the sink to die")
         wait_until(lambda: "restarting sink jsonl" in stack.stdout(), 20, "the supervisor to restart the sink")
         wait_until(lambda: len(stack.records(run, "metrics")) > before + 300, 30, "records after the restart")
     finally:

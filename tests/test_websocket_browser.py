@@ -89,7 +89,9 @@ def test_live_page_draws_one_runs_reward_and_losses_and_counts_nan(page: Any, ex
     try:
         sink.handle([msg("event", "ppo-a", {"event": "run_started"}, 0)])
         page.goto(f"{examples_url}/live.html?ws={sink.url}")
-        page.wait_for_function("() => live.status === 'live' && live.run === 'ppo-a'")
+        # the page subscribes to every run, then (on the first snapshot) to the one it chose: wait for
+        # the second snapshot, or the batches below may go out under the first filter
+        page.wait_for_function("() => live.status === 'live' && live.run === 'ppo-a' && live.frames >= 2")
         for step in range(1, 21):
             sink.handle(
                 [
