@@ -10,7 +10,7 @@ these to make a real training go wrong the way trainings do:
 | ``explode`` | the learning rate is multiplied by ``factor`` (1000) | gradient norm and loss blow up |
 | ``dead`` | the first layer's biases go to -1e4 (every ReLU dead) | gradients vanish (supervised) |
 | ``collapse`` | the observations go dark (all zeros: a sensor died) | the reward falls to chance level |
-| ``stagnate`` | learning stops (lr 0) and 30 % of actions slip | the reward settles below its best |
+| ``stagnate`` | learning stops (lr 0) and 40 % of actions slip | the reward settles well below its best |
 | ``freeze`` | the training blocks; a watchdog thread keeps heart-beating | alive, but no progress |
 | ``kill`` | the process gets SIGKILL | silence |
 
@@ -40,7 +40,10 @@ SB3_FAULTS: Final = ("nan", "nan-loss", "explode", "collapse", "stagnate", "free
 #: Faults the plain-PyTorch supervised loop can be given.
 TORCH_FAULTS: Final = ("nan", "nan-loss", "explode", "dead", "freeze", "kill")
 ENV_FAULTS: Final = frozenset(("nan-loss", "collapse", "stagnate"))
-_SLIP: Final = 0.3
+#: ``stagnate``'s share of random actions. 30 % was too gentle: a PPO CartPole policy that had
+#: learned lost 0-20 % of its 50-episode mean to it; 40 % costs it about a third, 50 % half,
+#: enough for reward-collapse to fire too (bench/RESULTS.md).
+_SLIP: Final = 0.4
 
 
 class FaultSwitch:
