@@ -41,7 +41,7 @@ SB3_FAULTS: Final = ("nan", "nan-loss", "explode", "collapse", "stagnate", "free
 TORCH_FAULTS: Final = ("nan", "nan-loss", "explode", "dead", "freeze", "kill")
 ENV_FAULTS: Final = frozenset(("nan-loss", "collapse", "stagnate"))
 #: ``stagnate``'s share of random actions. 30 % was too gentle: a PPO CartPole policy that had
-#: learned lost 0-20 % of its 50-episode mean to it; 40 % costs it about a third, 50 % half,
+#: learned lost 10-20 % of its 50-episode mean to it; 40 % costs it about a third, 50 % half,
 #: enough for reward-collapse to fire too (bench/RESULTS.md).
 _SLIP: Final = 0.4
 
