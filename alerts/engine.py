@@ -39,7 +39,7 @@ from alerts.loading import load_rules
 from alerts.notifiers import NotifierWorker, build_notifiers, check_notify
 from alerts.rules import AbsenceRule, Rule
 from alerts.state import FIRING, INACTIVE, RESOLVED, RestoreStats, Series, SeriesKey, restore_alerts
-from bus.bounded import Recent
+from bus.bounded import Memo, Recent
 from bus.message import Message, default_node, payload
 from bus.options import Where
 
@@ -49,7 +49,7 @@ log = logging.getLogger("metricbus.alerts")
 RECENT: Final = 1000
 #: (kind, run, node) plans cached; the least recently used go first.
 _MAX_PLANS: Final = 10_000
-#: Metric names cached per plan before that plan's cache starts over (a run of 1M names).
+#: Metric names cached per plan (a run of 1M names); the least recently seen are forgotten.
 _MAX_METRICS_PER_PLAN: Final = 2048
 _SELECTABLE: Final = frozenset(("metrics", "episode", "system", "event"))
 
@@ -60,7 +60,7 @@ class _Plan:
 
     rules: tuple[Rule, ...]
     absence: tuple[AbsenceRule, ...]
-    by_metric: dict[str, tuple[Series, ...]]
+    by_metric: Memo[str, tuple[Series, ...]]
 
 
 class AlertEngine:
@@ -93,7 +93,8 @@ class AlertEngine:
         self._by_name = {r.name: r for r in self.rules}
         # Every name below comes from the wire: each map is bounded, least recently seen out,
         # so a flood of new runs evicts the flood and the engine keeps judging the live runs.
-        self._plans: Recent[tuple[str, str | None, str], _Plan] = Recent(_MAX_PLANS)
+        self._plans: Recent[tuple[str, str | None, str], _Plan] = Recent(_MAX_PLANS, self._forget_plan)
+        self._metrics_evicted = 0  # by the plans' metric memos, including plans since forgotten
         self._series: Recent[SeriesKey, Series] = Recent(max_series, self._forget_series)
         self.restore_stats = RestoreStats()
         bus_timeout = 3 * float(getattr(getattr(config, "broker", None), "stats_interval", 5.0)) + 5.0
@@ -152,8 +153,6 @@ class AlertEngine:
             plan = plans.get((kind, message.run, message.node))
             if plan is None:
                 plan = self._plan(kind, message.run, message.node)
-            elif len(plan.by_metric) > _MAX_METRICS_PER_PLAN:
-                plan.by_metric = {}  # a run with endless distinct names: start its cache over
             if plan.absence:
                 self.absence.saw(plan.absence, message, now)
             if kind == "event" and message.data.get("event") == "run_ended":
@@ -162,9 +161,12 @@ class AlertEngine:
                 continue
             by_metric = plan.by_metric
             for name, value in message.data.items():
-                targets = by_metric.get(name)
+                # the memo's current generation first: a dict lookup per value (see Memo)
+                targets = by_metric.hot.get(name)
                 if targets is None:
-                    targets = by_metric[name] = self._targets(plan, message, name)
+                    targets = by_metric.get(name)
+                    if targets is None:
+                        targets = by_metric.put(name, self._targets(plan, message, name))
                 if targets:
                     self._evaluate(targets, message, name, value)
         self.absence.check()
@@ -183,12 +185,15 @@ class AlertEngine:
 
     def _plan(self, kind: str, run: str | None, node: str) -> _Plan:
         if kind not in _SELECTABLE:
-            plan = _Plan((), (), {})
+            plan = _Plan((), (), Memo(_MAX_METRICS_PER_PLAN))
         else:
             rules = tuple(r for r in self._value_rules if r.spec.selector.matches_source(kind, run, node))
             absence = tuple(r for r in self.absence.rules if r.spec.selector.matches_source(kind, run, node))
-            plan = _Plan(rules, absence, {})
+            plan = _Plan(rules, absence, Memo(_MAX_METRICS_PER_PLAN))
         return self._plans.put((kind, run, node), plan)
+
+    def _forget_plan(self, key: tuple[str, str | None, str], plan: _Plan) -> None:
+        self._metrics_evicted += plan.by_metric.evicted
 
     def _targets(self, plan: _Plan, message: Message, metric: str) -> tuple[Series, ...]:
         """The series ``metric`` feeds under ``plan``: resolved once, then a dict lookup per value."""
@@ -246,6 +251,7 @@ class AlertEngine:
             "series_evicted": self._series.evicted,
             "plans": len(self._plans),
             "plans_evicted": self._plans.evicted,
+            "metric_names_evicted": self._metrics_evicted + sum(p.by_metric.evicted for p in self._plans.values()),
             **self.absence.stats(),
             "restore_skipped": self.restore_stats.skipped,
             "notify_dropped": sum(w.dropped for w in self._workers),
@@ -270,7 +276,9 @@ class AlertEngine:
         # A finished run's alerts can never clear by themselves: resolve them, forget its series.
         ended += [k for k, s in self._series.items() if s.run == run and not self.absence.owns(s.rule)]
         if ended:
-            self._plans.clear()  # plans hold the series being forgotten
+            for plan in self._plans.values():  # plans hold the series being forgotten
+                self._metrics_evicted += plan.by_metric.evicted
+            self._plans.clear()
         for key in ended:
             series = self._series.pop(key)
             if series is not None and series.phase == FIRING:

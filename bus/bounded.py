@@ -79,3 +79,69 @@ class Recent(Generic[K, V]):
 
     def values(self) -> list[V]:
         return list(self._items.values())
+
+
+class Memo(Generic[K, V]):
+    """A bounded memo of values that can be computed again (sanitised names, routes, rule
+    matches), least recently seen out, at the cost of a plain dict lookup for the names in use.
+
+    Two generations: new entries and hits go to ``hot``; when ``hot`` holds ``limit // 2``
+    entries it becomes the old generation and the previous old one is dropped (counted in
+    ``evicted``). So an entry is forgotten only when it was not seen during a whole generation
+    (at least ``limit // 2`` new names): a flood of new names evicts the flood, and a name in
+    use between them stays. Unlike :class:`Recent` a hit costs no reordering, which is what a
+    lookup per value of every message can afford.
+
+    Hot paths look in ``hot`` first (``memo.hot.get(key)``: a dict lookup) and call
+    :meth:`get` only on a miss; read ``hot`` again after any call, as it is replaced when full.
+    """
+
+    __slots__ = ("_half", "_old", "evicted", "hot", "limit")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 2:
+            raise ValueError(f"limit must be at least 2, got {limit}")
+        self.limit = limit
+        self._half = limit // 2
+        self.evicted = 0
+        self.hot: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        """The value of ``key`` (now seen in this generation), or None."""
+        value = self.hot.get(key)
+        if value is None:
+            value = self._old.pop(key, None)
+            if value is not None:
+                self.put(key, value)
+        return value
+
+    def put(self, key: K, value: V) -> V:
+        """Set ``key`` (seen in this generation); a full generation makes room by aging."""
+        hot = self.hot
+        if key not in hot:
+            self._old.pop(key, None)
+            if len(hot) >= self._half:
+                self.evicted += len(self._old)
+                self._old, self.hot = hot, {}
+        self.hot[key] = value
+        return value
+
+    def pop(self, key: K) -> V | None:
+        value = self.hot.pop(key, None)
+        old = self._old.pop(key, None)
+        return value if value is not None else old
+
+    def clear(self) -> None:
+        self.hot = {}
+        self._old = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.hot or key in self._old
+
+    def __len__(self) -> int:
+        return len(self.hot) + len(self._old)
+
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot (safe to change the memo while going through it)."""
+        return [*self._old.items(), *self.hot.items()]

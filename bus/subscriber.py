@@ -107,8 +107,50 @@ class SeqTracker:
         """(first, last) missing seq when ``seq`` jumps ahead, else None."""
         expected = self._next.get(pub)
         self._next.put(pub, seq + 1)
-        if expected is None or seq <= expected - 1 or seq == expected:
-            # new publisher, or a replay / duplicate: nothing we can call lost
+        return self._jump(expected, seq)
+
+    def track(self, batch: Sequence[Message], start: int = 0, skip: str = "") -> list[tuple[Message, tuple[int, int]]]:
+        """What :meth:`observe` says of each of ``batch[start:]`` in turn, for the messages it
+        says a jump of: (message, (first, last) missing seq). ``skip`` is a pub not tracked.
+
+        Once per batch rather than per message: a batch is mostly runs of one publisher's
+        consecutive seqs, so the common case is two compares against locals; the bounded map
+        (and its least-recently-seen order) is read once per publisher and written once per
+        publisher per batch.
+        """
+        gaps: list[tuple[Message, tuple[int, int]]] = []
+        seen: dict[str, int] = {}  # this batch's publishers -> next seq
+        last_pub = ""  # never a pub (a pub is never empty): the first message takes the slow path
+        expected = -1
+        peek = self._next.peek
+        for message in batch[start:] if start else batch:
+            seq = message.seq
+            if seq == expected and message.pub == last_pub:
+                expected = seq + 1
+                continue
+            pub = message.pub
+            if last_pub:
+                seen[last_pub] = expected
+            if pub == skip:  # the runner's own notes: their seq is not the wire's
+                last_pub, expected = "", -1
+                continue
+            known = seen.get(pub)
+            if known is None:
+                known = peek(pub)
+            last_pub, expected = pub, seq + 1
+            gap = self._jump(known, seq)
+            if gap is not None:
+                gaps.append((message, gap))
+        if last_pub:
+            seen[last_pub] = expected
+        put = self._next.put
+        for pub, next_seq in seen.items():
+            put(pub, next_seq)
+        return gaps
+
+    def _jump(self, expected: int | None, seq: int) -> tuple[int, int] | None:
+        if expected is None or seq <= expected:
+            # new publisher, the next one, or a replay / duplicate: nothing we can call lost
             return None
         if seq - expected > MAX_PLAUSIBLE_GAP:
             # More than a publisher could send in days: a forged or reset seq, not a loss.
@@ -286,8 +328,8 @@ class SinkRunner:
         saw_probe = False
         recv, noblock = sub.recv, int(zmq.NOBLOCK)  # a plain int: pyzmq's Flag enum is slow to convert
         max_bytes, batch_size = self.max_bytes, self.batch_size
-        observe = self._tracker.observe if self._tracks_gaps else None
         append = pending.append
+        start = len(pending)
         received = 0
         try:
             while len(pending) < batch_size:
@@ -309,14 +351,26 @@ class SinkRunner:
                 except DecodeError as exc:
                     self._undecodable(str(exc), pending)
                     continue
-                if observe is not None:
-                    gap = observe(message.pub, message.seq)
-                    if gap is not None:
-                        self._gap(message, gap, pending)
                 append(message)
         finally:
             self.stats.received += received
+        if self._tracks_gaps and len(pending) > start:
+            # once per batch, not per message (the sink's CPU budget, issue 15)
+            gaps = self._tracker.track(pending, start, self._pub_id)
+            if gaps:
+                self._insert_gaps(pending, start, gaps)
         return saw_probe
+
+    def _insert_gaps(self, pending: list[Message], start: int, gaps: list[tuple[Message, tuple[int, int]]]) -> None:
+        """Put each gap's note just before the message that jumped, as if noted on arrival."""
+        jumped = {id(message): gap for message, gap in gaps}
+        arrived = pending[start:]
+        del pending[start:]
+        for message in arrived:
+            gap = jumped.get(id(message))
+            if gap is not None:
+                self._gap(message, gap, pending)
+            pending.append(message)
 
     def _final_drain(self, sub: zmq.Socket[Any], pending: list[Message]) -> None:
         deadline = time.monotonic() + _DRAIN_DEADLINE

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from bus.bounded import Memo
 from bus.message import Message
 from bus.subscriber import SinkContext
 from sinks.disk_alarm import WriteAlarm
@@ -33,7 +34,7 @@ log = logging.getLogger("metricbus.jsonl")
 
 #: Bytes read from the end of each file on start to recover the last seq per publisher.
 _TAIL_BYTES: Final = 256 * 1024
-#: Cached files per (kind, run, node); past this the cache starts over.
+#: Cached files per (kind, run, node); past this the least recently seen are forgotten.
 _MAX_ROUTES: Final = 65536
 #: last_seen() reads only files written this recently (a restart after a crash is sooner).
 _RECENT_SECONDS: Final = 3600.0
@@ -56,15 +57,32 @@ _REPORT_INTERVAL: Final = 10.0
 class _File:
     """One JSONL file with its pending whole lines; ``fd`` is -1 while it is closed for lack of use."""
 
-    __slots__ = ("fd", "lines", "path", "pending_bytes", "size")
+    __slots__ = ("chunks", "count", "fd", "path", "pending_bytes", "size")
 
     def __init__(self, path: Path) -> None:
         # Opened at its first write, where a failure (disk full) keeps the lines for a retry.
         self.path = path
         self.fd = -1
         self.size = 0
-        self.lines: list[bytes] = []  # each a whole line, newline included
+        # Pending text as the encoder made it, a batch's share per chunk: whole lines, newlines
+        # included, never split into single lines but to drop some (a failing disk).
+        self.chunks: list[bytes] = []
+        self.count = 0  # lines in chunks
         self.pending_bytes = 0
+
+    def drop_oldest(self, keep_bytes: int) -> int:
+        """Drop the oldest pending lines until at most ``keep_bytes`` are left; returns how many."""
+        lines = b"".join(self.chunks).splitlines(keepends=True)  # JSON text escapes \n and \r
+        size = sum(map(len, lines))
+        dropped = 0
+        while size > keep_bytes and dropped < len(lines):
+            size -= len(lines[dropped])
+            dropped += 1
+        rest = lines[dropped:]
+        self.chunks = [b"".join(rest)] if rest else []
+        self.count = len(rest)
+        self.pending_bytes = size
+        return dropped
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +198,8 @@ class JsonlSink:
         self.fsync_skipped = 0
         self._reported: dict[int, float] = {}  # errno -> when last logged
         self._files: dict[Path, _File] = {}
-        #: (kind, run, node, pub) -> (the file, the line's constant head up to ``"seq":``)
-        self._routes: dict[tuple[str, str | None, str], _File] = {}
+        #: (kind, run, node) -> its file; a flood of new names ages out the flood, not the live runs
+        self._routes: Memo[tuple[str, str | None, str], _File] = Memo(_MAX_ROUTES)
         self._last_fsync = time.monotonic()
         self._dirty_since_fsync: set[_File] = set()
         #: files closed for lack of use before their fsync was due (the fsync thread reopens them)
@@ -200,29 +218,38 @@ class JsonlSink:
         # one batch of its arrival); fsync, the expensive part, runs on its own interval.
         # This loop is the sink's per-message cost: it only sorts messages by file; each
         # file's share is then made into text by one encoder call (sinks/jsonl_lines.py).
+        # A batch is mostly runs of one source's messages: the route is looked up only where
+        # (kind, run, node) changes from the message before (three compares, no hashing).
         routes = self._routes
         groups: dict[_File, list[Message]] = {}
+        group: list[Message] = []
+        kind, node = "", ""  # no message's: the first one looks its route up
+        run: str | None = ""
         for message in batch:
-            target = routes.get((message.kind, message.run, message.node))
-            if target is None:
-                target = self._route(message)
-            group = groups.get(target)
-            if group is None:
-                groups[target] = [message]
+            if message.run == run and message.node == node and message.kind == kind:
+                group.append(message)
+                continue
+            kind, run, node = message.kind, message.run, message.node
+            key = (kind, run, node)
+            target = routes.hot.get(key) or routes.get(key) or self._route(message)
+            found = groups.get(target)
+            if found is None:
+                group = groups[target] = [message]
             else:
+                group = found
                 group.append(message)
         touched: list[_File] = []
         for target, group in groups.items():
-            if not target.lines:  # else a failed write's lines wait: flush retries them, not every batch
+            if not target.chunks:  # else a failed write's lines wait: flush retries them, not every batch
                 touched.append(target)
-            # bytes.splitlines splits at \n and \r only, and JSON text escapes both inside strings
-            target.lines.extend(encode_lines(group).splitlines(keepends=True))
+            target.chunks.append(encode_lines(group))
+            target.count += len(group)
         for target in touched:
             self._write(target)
 
     def flush(self) -> None:
         for target in list(self._files.values()):  # lines wait only where a write failed
-            if target.lines:
+            if target.chunks:
                 self._write(target)
         due = time.monotonic() - self._last_fsync >= self.fsync_interval and (
             self._dirty_since_fsync or self._closed_dirty
@@ -243,6 +270,7 @@ class JsonlSink:
             "files_forgotten": self.files_forgotten,
             "fsync_skipped": self.fsync_skipped,
             "routes": len(self._routes),
+            "routes_evicted": self._routes.evicted,
         }
 
     def close(self) -> None:
@@ -280,10 +308,7 @@ class JsonlSink:
     # -- internals ---------------------------------------------------------------------------
 
     def _route(self, message: Message) -> _File:
-        if len(self._routes) >= _MAX_ROUTES:
-            self._routes.clear()  # many short-lived runs and nodes: start over rather than grow
-        target = self._routes[(message.kind, message.run, message.node)] = self._open(relative_path(message))
-        return target
+        return self._routes.put((message.kind, message.run, message.node), self._open(relative_path(message)))
 
     def _open(self, relative: Path) -> _File:
         path = self.root / relative
@@ -297,12 +322,14 @@ class JsonlSink:
     def _forget_idle_files(self) -> None:
         """Drop closed files with nothing pending: a sink that has seen a million runs keeps few.
 
-        Routes point at files, so they start over too (they are a cache, rebuilt per publisher).
+        The routes to them go too (a route must not keep a forgotten file); the others stay.
         """
-        self._routes.clear()
-        idle = [p for p, t in self._files.items() if t.fd < 0 and not t.lines]
+        idle = {p for p, t in self._files.items() if t.fd < 0 and not t.chunks}
         for path in idle:
             del self._files[path]
+        for key, target in self._routes.items():
+            if target.path in idle:
+                self._routes.pop(key)
         self.files_forgotten += len(idle)
 
     def _make_room(self) -> None:
@@ -314,7 +341,7 @@ class JsonlSink:
         for target in list(self._open_files):
             if len(self._open_files) < _MAX_OPEN:
                 return
-            if target.lines:
+            if target.chunks:
                 continue  # about to be written in this batch
             if target in self._dirty_since_fsync:
                 # fsync'd with the others on the syncer's next round, not here: a flood of new
@@ -335,7 +362,8 @@ class JsonlSink:
             del self._open_files[target]
 
     def _write(self, target: _File) -> None:
-        data = b"".join(target.lines)
+        chunks = target.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         written = 0
         error: OSError | None = None
         try:
@@ -352,8 +380,9 @@ class JsonlSink:
             error = exc
         if written == len(data):
             target.size += written
-            self.lines_written += len(target.lines)
-            target.lines.clear()
+            self.lines_written += target.count
+            chunks.clear()
+            target.count = 0
             target.pending_bytes = 0
             self._dirty_since_fsync.add(target)
             if self._alarm.firing:
@@ -371,24 +400,23 @@ class JsonlSink:
             self._file_failed(target, error, reason)
             return
         target.pending_bytes = len(data)
-        while target.pending_bytes > self.max_pending_bytes and target.lines:
-            target.pending_bytes -= len(target.lines.pop(0))
-            self.lines_dropped += 1
+        if target.pending_bytes > self.max_pending_bytes:
+            self.lines_dropped += target.drop_oldest(self.max_pending_bytes)
         # Logged and alerted once per streak: retried every batch, it would flood the log.
-        self._alarm.failed(str(target.path), reason, len(target.lines), self.lines_dropped)
+        self._alarm.failed(str(target.path), reason, target.count, self.lines_dropped)
 
     def _file_failed(self, target: _File, error: OSError, reason: str) -> None:
         if error.errno in _PATH_ERRORS:
-            dropped = len(target.lines)  # no retry can write this path
-            target.lines.clear()
+            dropped = target.count  # no retry can write this path
+            target.chunks.clear()
+            target.count = 0
             target.pending_bytes = 0
         else:
             # maybe passing (EMFILE, EACCES fixed by hand): keep a bounded share for a retry
-            target.pending_bytes = sum(map(len, target.lines))
+            target.pending_bytes = sum(map(len, target.chunks))
             dropped = 0
-            while target.pending_bytes > self.max_pending_bytes // 16 and target.lines:
-                target.pending_bytes -= len(target.lines.pop(0))
-                dropped += 1
+            if target.pending_bytes > self.max_pending_bytes // 16:
+                dropped = target.drop_oldest(self.max_pending_bytes // 16)
         self.lines_dropped += dropped
         now = time.monotonic()
         code = error.errno or 0

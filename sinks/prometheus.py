@@ -16,8 +16,9 @@ number. A gauge per run, ``<prefix>step``, holds the latest step.
 
 A metric whose name would sanitise to one of the sink's own families (``<prefix>sink_series``,
 ``<prefix>sink_evicted_series``…) gets ``_metric`` appended, so an exposition never holds two
-``# TYPE`` lines for one name. The memo of sanitised names is bounded too (it starts over
-when full; ``names_evicted`` counts what it forgot).
+``# TYPE`` lines for one name. The memo of sanitised names is bounded too (the names seen
+least recently are forgotten, so a flood of names does not push out those in use;
+``names_evicted`` counts what it forgot).
 
 prometheus_client is imported in ``__init__`` so a JSONL-only config never imports it.
 """
@@ -30,13 +31,14 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
+from bus.bounded import Memo
 from bus.message import Message
 from sinks._scalars import check_kinds, numeric
 
 _INVALID: Final = re.compile(r"[^a-zA-Z0-9_]")
 _KIND_PART: Final = {"metrics": "", "episode": "episode_", "system": "system_", "alert": "alert_", "event": "event_"}
 
-#: Sanitised names memoised before the memo starts over (distinct names come from the wire).
+#: Sanitised names memoised, least recently seen out (distinct names come from the wire).
 _MAX_NAMES: Final = 10_000
 #: The sink's own families, after the prefix (a counter also exposes _total and _created).
 _OWN: Final = ("sink_series", "sink_evicted_series", "sink_evicted_series_total", "sink_evicted_series_created")
@@ -123,8 +125,7 @@ class PrometheusSink:
         self.values = _LatestValues(max_runs, max_series)
         self._gauge = GaugeMetricFamily
         self._counter = CounterMetricFamily
-        self._names: dict[tuple[str, str], str] = {}  # (kind, key) -> sanitised name, memoised
-        self.names_evicted = 0
+        self._names: Memo[tuple[str, str], str] = Memo(_MAX_NAMES)  # (kind, key) -> sanitised name
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
@@ -147,12 +148,9 @@ class PrometheusSink:
                     value = numeric(raw)
                     if value is None:
                         continue
-                    name = names.get((kind, key))
+                    name = names.hot.get((kind, key)) or names.get((kind, key))  # see Memo
                     if name is None:
-                        if len(names) >= _MAX_NAMES:
-                            self.names_evicted += len(names)
-                            names.clear()  # a memo: starting over costs only re-sanitising
-                        name = names[(kind, key)] = metric_name(self.prefix, kind, key)
+                        name = names.put((kind, key), metric_name(self.prefix, kind, key))
                     values.append((name, value))
                 run = message.run if message.run is not None and kind != "system" else ""
                 if message.step is not None and run:
@@ -170,7 +168,7 @@ class PrometheusSink:
             "runs": len(self.values.runs),
             "series_evicted": self.values.evicted,
             "names": len(self._names),
-            "names_evicted": self.names_evicted,
+            "names_evicted": self._names.evicted,
         }
 
     def close(self) -> None:

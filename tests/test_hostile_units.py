@@ -18,10 +18,13 @@ import pytest
 import zmq.auth
 from support import wait_until
 
+import alerts.engine
+import sinks.jsonl
+import sinks.prometheus
 from alerts.engine import AlertEngine
 from alerts.notifiers import CommandNotifier, NotifierWorker, alert_env, alert_text
 from alerts.state import RestoreStats, restore_alerts
-from bus.bounded import Recent
+from bus.bounded import Memo, Recent
 from bus.message import DecodeError, Message, from_record
 from bus.security import KeyGate
 from bus.subscriber import SeqTracker
@@ -51,6 +54,67 @@ def test_recent_evicts_the_least_recently_seen_and_counts_it() -> None:
         assert recent.get("live") == 0  # the live key is seen between flood keys
     assert "live" in recent and len(recent) == 3
     assert recent.evicted == 8 and evicted[:2] == ["flood-0", "flood-1"]
+
+
+def test_memo_ages_out_what_was_not_seen_for_a_generation_and_counts_it() -> None:
+    """A flood of new keys ages out the flood; a key looked up between flood keys stays, at most limit kept."""
+    memo: Memo[str, int] = Memo(8)
+    memo.put("live", 0)
+    for i in range(100):
+        memo.put(f"flood-{i}", i)
+        assert (memo.hot.get("live") or memo.get("live")) == 0
+    assert "live" in memo and len(memo) <= 8
+    assert memo.evicted == 100 - (len(memo) - 1) and "flood-0" not in memo
+
+
+def test_jsonl_routes_keep_the_live_run_through_a_flood_of_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of new runs evicts the flood's routes (counted in the stats), not the live run's; its lines are whole."""
+    monkeypatch.setattr(sinks.jsonl, "_MAX_ROUTES", 8)
+    sink = JsonlSink(str(tmp_path))
+    try:
+        for i in range(40):
+            sink.handle([_message(run="live", seq=i), _message(run=f"flood-{i}")])
+        assert ("metrics", "live", "n") in sink._routes
+        stats = sink.stats()
+        assert stats["routes"] <= 8 and stats["routes_evicted"] == 40 - (stats["routes"] - 1)  # all but live
+    finally:
+        sink.close()
+    lines = (tmp_path / "live" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(40))
+
+
+def test_prometheus_name_memo_keeps_a_live_name_through_a_flood(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of metric names evicts the flood's sanitised names; the live name stays memoised and exported."""
+    monkeypatch.setattr(sinks.prometheus, "_MAX_NAMES", 8)
+    sink = PrometheusSink(port=0, max_series=1000)
+    try:
+        for i in range(40):
+            sink.handle([_message(run="r", data={"train/loss": float(i), f"flood/{i}": 1.0})])
+        stats = sink.stats()
+        assert stats["names"] <= 8 and stats["names_evicted"] == 40 - (stats["names"] - 1)
+        assert ("metrics", "train/loss") in sink._names
+        assert sink.values.series[("metricbus_train_loss", "r", "n")] == 39.0
+    finally:
+        sink.close()
+
+
+def test_alert_metric_memo_keeps_a_live_metric_through_a_flood(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run with a flood of metric names: the live metric stays memoised, its held state survives, and
+    the rule still fires on it; the memo's evictions are counted in the engine's stats."""
+    monkeypatch.setattr(alerts.engine, "_MAX_METRICS_PER_PLAN", 8)
+    rule = {"name": "high", "kind": "threshold", "select": {"metric": "train/loss"}, "threshold": 10, "for": 40}
+    engine = AlertEngine(rules=[rule], restore=False)
+    try:
+        for i in range(40):
+            engine.handle([_message(run="r", data={"train/loss": 100.0, f"flood/{i}": 1.0})])
+        assert [(a["run"], a["data"]["state"]) for a in engine.recent] == [("r", "firing")]
+        plan = engine._plans.peek(("metrics", "r", "n"))
+        assert plan is not None and "train/loss" in plan.by_metric
+        assert engine.stats()["metric_names_evicted"] == 40 - (len(plan.by_metric) - 1)
+    finally:
+        engine.close()
 
 
 def test_seq_tracker_is_bounded_and_does_not_count_an_absurd_jump_as_lost() -> None:

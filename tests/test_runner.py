@@ -9,6 +9,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support import wait_until
 
 from bus.message import Message, pack
@@ -41,6 +43,29 @@ def test_seq_tracker_reports_the_skipped_range() -> None:
     assert tracker.observe("a", 10) is None  # a duplicate
     assert tracker.observe("a", 3) is None  # a replay from the start
     assert tracker.observe("old", 12) == (10, 11)  # seeded from files after a restart
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["a", "b", "old", "own"]), st.integers(0, 12)), max_size=60),
+    st.lists(st.integers(1, 7), max_size=10),
+)
+def test_seq_tracking_per_batch_says_what_per_message_says(arrivals: list[tuple[str, int]], cuts: list[int]) -> None:
+    """track() over batches (the runner's way) finds the same gaps, at the same messages, as observe()
+    one message at a time; the runner's own pub is not tracked."""
+    messages = [Message("metrics", "r", "n", pub, seq, 1.0, None, {}) for pub, seq in arrivals]
+    one_by_one = SeqTracker({"old": 4})
+    expected = [(m, gap) for m in messages if m.pub != "own" and (gap := one_by_one.observe(m.pub, m.seq))]
+    batched = SeqTracker({"old": 4})
+    found: list[tuple[Message, tuple[int, int]]] = []
+    start = 0
+    for size in [*cuts, len(messages)]:
+        batch = [Message("bus", None, "n", "x", 0, 1.0, None, {}), *messages[start : start + size]]
+        found += batched.track(batch, start=1, skip="own")  # a note before `start` is not looked at
+        start += size
+    assert [(id(m), gap) for m, gap in found] == [(id(m), gap) for m, gap in expected]
+    assert {p: batched._next.peek(p) for p in ("a", "b", "old")} == {
+        p: one_by_one._next.peek(p) for p in ("a", "b", "old")
+    }
 
 
 @pytest.mark.parametrize(
