@@ -10,8 +10,9 @@ of ``--repeat`` rounds:
 - track: the runner's per-publisher ``seq`` bookkeeping over those messages.
 - handle: ``JsonlSink.handle`` in batches of 1,000 (encode + ``os.write``), and the same for
   messages that each hold a NaN (the exact path).
-- whole runner: a real ``SinkRunner`` running a ``JsonlSink`` fed like ``receive``; what it costs
-  beyond receive + decode + handle is the runner's own bookkeeping.
+- whole runner: a real ``SinkRunner`` running a ``JsonlSink`` fed like ``receive`` (what the
+  bench's sink process does, less the supervisor's thread). The stages do not add up to it
+  exactly: ``receive`` blocks in ``recv`` per message where the runner polls and drains.
 
 ``--tree DIR`` measures another checkout's ``bus``/``sinks`` with this same script (e.g. the
 tree before a change, from ``git archive``), so before and after can be interleaved::
@@ -245,14 +246,12 @@ def main() -> int:
     handle_us = _cpu(_handle(messages), repeat, n)
     handle_nan_us = _cpu(_handle(nan_messages), repeat, n)
     whole_us = min(whole_stage(tree, n) for _ in range(repeat))
-    rest = whole_us - receive_us - decode_us - handle_us
     print(f"  receive (pyzmq, 2 frames, I/O thread)   {receive_us:5.2f} µs")
     print(f"  decode                                 {decode_us:5.2f} µs")
     print(f"  track (seq per publisher)              {track_us:5.2f} µs")
     print(f"  JSONL handle (encode + write)          {handle_us:5.2f} µs")
     print(f"  JSONL handle, a NaN in every message   {handle_nan_us:5.2f} µs")
     print(f"  whole runner + JSONL sink              {whole_us:5.2f} µs")
-    print(f"    of which the runner beyond receive, decode and handle: {rest:5.2f} µs")
     print(f"  load at the end {os.getloadavg()[0]:.1f}")
     return 0
 
