@@ -13,7 +13,7 @@ from typing import Any
 from support import wait_until
 
 from bus.message import Message
-from sinks.jsonl import JsonlSink
+from sinks.jsonl import JsonlSink, _File
 from sinks.jsonl_files import (
     ReadStats,
     files_of,
@@ -292,3 +292,13 @@ def test_fsync_runs_off_the_loop_and_stops_with_the_sink(tmp_path: Path) -> None
     sink.close()
     assert not fsync_threads() - before
     assert [r["seq"] for r in read_records(tmp_path / "r1", ["metrics"])] == list(range(400))
+
+
+def test_pending_text_drops_its_oldest_whole_lines_past_a_bound(tmp_path: Path) -> None:
+    """A file's pending chunks (one per batch) lose their oldest lines, whole, down to the bound."""
+    target = _File(tmp_path / "x.jsonl")
+    target.chunks = [b'{"a":1}\n{"a":2}\n', b'{"a":3}\n']
+    target.count = 3
+    assert target.drop_oldest(16) == 1
+    assert target.chunks == [b'{"a":2}\n{"a":3}\n'] and target.count == 2 and target.pending_bytes == 16
+    assert target.drop_oldest(0) == 2 and target.chunks == [] and target.count == 0
