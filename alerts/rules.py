@@ -503,7 +503,7 @@ class AbsenceRule(Rule):
     """Nothing at all (not even a heartbeat) from a run, node or publisher for ``after``.
 
     Evaluated on the engine's timer, not on messages. A run whose ``run_ended`` event had a
-    status in ``ended_ok`` (``completed`` by default) is finished, not silent. No source
+    status in ``ended_ok`` (``completed`` and ``stopped`` by default) is finished, not silent. No source
     fires before ``grace`` has passed since the engine started or the bus restarted.
     """
 
@@ -526,7 +526,7 @@ class AbsenceRule(Rule):
         if scope not in ("run", "node", "publisher"):
             raise RuleError("scope", "run, node or publisher", scope)
         self.scope = scope
-        ok = ["completed"] if ended_ok is None else ended_ok
+        ok = ["completed", "stopped"] if ended_ok is None else ended_ok
         if not all(isinstance(s, str) for s in ok):
             raise RuleError("ended_ok", "a list of run_ended statuses such as [completed]", ended_ok)
         self.ended_ok = frozenset(ok)

@@ -2,9 +2,10 @@
 
 A crashed training is the clearest fault there is, and before this rule it raised no
 alert at all: the run just went quiet, and ``run-silent`` spoke a minute later without
-saying why. The publisher's ``run_ended`` carries ``status`` (``completed``, ``failed``,
-``interrupted``) and, when failed, ``error`` (``"ValueError: Expected parameter logits
-... found invalid values"``): the alert carries that text as its ``detail``.
+saying why. The publisher's ``run_ended`` carries ``status`` (``completed``, ``stopped`` by
+a sweep's scheduler, ``failed``, ``interrupted``) and, when failed, ``error`` (``"ValueError:
+Expected parameter logits ... found invalid values"``): the alert carries that text as its
+``detail``.
 
 The engine resolves a run's other alerts when it ends; this one fires after that, and
 stays firing: a failed run is a standing fact until someone looks (or the run id comes

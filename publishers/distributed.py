@@ -13,6 +13,11 @@ collects each rank's host for ``run_started``), or torchrun's ``TORCHELASTIC_RUN
 Rank 0 alone publishes ``run_started``/``run_ended`` and the training metrics, so the run
 has one lifecycle however many ranks it has. Every rank's node name is its host.
 
+A SIGTERM to rank 0 — what torchrun's agent sends every rank when the job is stopped or a
+rank failed, and what Slurm or Kubernetes send — ends the run ``interrupted`` (with
+``signal: SIGTERM``) before the signal takes its course (``publishers.signals``): the
+process still dies by it, or runs the handler that was installed before.
+
 This module imports torch only if the process already has (a DDP job always has), so the
 rank discovery is usable from any launcher without the ``sb3`` extra.
 """
@@ -22,20 +27,24 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from bus.message import check_run_id, default_node
 from bus.publisher import Publisher
+from publishers.signals import OnSignal, interrupted_inside
 
 log = logging.getLogger("metricbus.distributed")
 
 #: Set to the same value on every rank (e.g. by the launch script) to name the job's run.
 RUN_ENV = "METRICBUS_RUN"
+#: Where a signal handler must not re-enter a publisher: its code holds the socket's lock.
+_PUBLISHER_CODE = Publisher.publish.__code__.co_filename
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,8 @@ class DistributedRun:
     they open no socket at all). ``config`` goes into ``run_started`` next to the world size
     and the ranks. ``close(status, error)`` ends the run on rank 0; on another rank a
     failure is published as a ``rank_failed`` event, since the job's end is rank 0's to say.
+    On rank 0, ``signals`` (SIGTERM) end the run ``interrupted`` at ``step``, after
+    ``before_signal_end`` (the owner's held messages), then take their course.
     """
 
     def __init__(
@@ -108,16 +119,25 @@ class DistributedRun:
         config: Mapping[str, Any] | None = None,
         node: str | None = None,
         start: bool = True,
+        signals: Iterable[int] = (signal.SIGTERM,),
     ) -> None:
         self.me = discover(node)
         self.run, ranks = agree_on_run(self.me, run)
+        self.endpoint = endpoint
         self.per_rank = per_rank
         self.prefix = f"rank/{self.me.rank}/"
         self.errors = 0
         self.publisher: Publisher | None = None
+        #: the training's latest step, set by the owner (``GradientMonitor.log``): a signal's run_ended carries it
+        self.step: int | None = None
+        self.before_signal_end: Callable[[], None] | None = None
         self._closed = False
+        self._ended = False  # run_ended sent (by a signal's handler, through another publisher)
+        self._on_signal: OnSignal | None = None
         if self.me.is_main or per_rank:
             self.publisher = Publisher(endpoint, run=self.run, node=self.me.node)
+        if self.me.is_main and signals:
+            self._on_signal = OnSignal(self._signalled, signals)
         if start and self.me.is_main:
             info = {
                 "world_size": self.me.world_size,
@@ -137,12 +157,21 @@ class DistributedRun:
             prefix = self.prefix
             self._publish("metrics", {prefix + k: v for k, v in data.items()}, step)
 
-    def close(self, status: str = "completed", error: BaseException | None = None, step: int | None = None) -> None:
+    def close(
+        self,
+        status: str = "completed",
+        error: BaseException | None = None,
+        step: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         if self._closed:
             return
         self._closed = True
-        if self.me.is_main:
-            fields: dict[str, Any] = {"event": "run_ended", "status": status}
+        if self._on_signal is not None:
+            self._on_signal.restore()
+        if self.me.is_main and not self._ended:
+            self._ended = True
+            fields: dict[str, Any] = {"event": "run_ended", "status": status, **(extra or {})}
             if error is not None and status == "failed":
                 fields["error"] = f"rank 0: {type(error).__name__}: {error}"
             self._publish("event", fields, step)
@@ -150,6 +179,20 @@ class DistributedRun:
             self._publish("event", {"event": "rank_failed", "rank": self.me.rank, "error": repr(error)}, step)
         if self.publisher is not None:
             self.publisher.close()
+
+    def _signalled(self, signum: int, frame: Any) -> None:
+        if self._closed or self._ended:
+            return
+        extra = {"signal": signal.Signals(signum).name}
+        if not interrupted_inside(frame, _PUBLISHER_CODE):
+            if self.before_signal_end is not None:
+                self.before_signal_end()
+            self.close("interrupted", step=self.step, extra=extra)
+            return
+        # The signal stopped this thread inside the publisher, holding its lock: a new one says it
+        self._ended = True
+        with Publisher(self.endpoint, run=self.run, node=self.me.node, connect_timeout=1.0, linger=1.0) as last:
+            last.event("run_ended", self.step, status="interrupted", **extra)
 
     def _publish(self, kind: str, data: Mapping[str, Any], step: int | None = None) -> None:
         if self.publisher is None:

@@ -17,10 +17,11 @@ keys); the workers publish nothing and need no change.
 - every reported result is one ``metrics`` message at its ``training_iteration`` (or
   ``step_key``): its numbers, nested dicts flattened with ``/`` (an RLlib result's
   ``env_runners/episode_return_mean``), Tune's bookkeeping (pid, host, dates) left out;
-- the trial's end is ``run_ended``: ``completed`` (with ``early_stopped: true`` when a
-  scheduler such as ASHA or a stopper ended it before it finished — Tune's own status for
-  both is TERMINATED), ``failed`` with the error, or ``interrupted`` if the sweep ends with
-  the trial still running (Ctrl-C).
+- the trial's end is ``run_ended``: ``completed`` when it ran to its end (returned, or met
+  its ``stop=`` criterion); ``stopped`` (with a ``reason``) when Tune cut it short — its
+  scheduler (ASHA, HyperBand, median stopping) or a ``Stopper``; Tune's own status for
+  both is TERMINATED, and a callback cannot tell which of the two decided; ``failed`` with
+  the error, or ``interrupted`` if the sweep ends with the trial still running (Ctrl-C).
 
 One publisher per running trial (sharing one ZeroMQ context), closed when the trial ends,
 so the sockets stay bounded by the trials the cluster runs at once.
@@ -64,6 +65,8 @@ TUNE_BOOKKEEPING = frozenset(
 )
 #: A flattened result keeps at most this many numbers (an RLlib result has a few hundred).
 MAX_KEYS = 2000
+#: ``run_ended``'s ``reason`` for a trial Tune stopped before its ``stop=`` criterion.
+STOPPED_REASON = "stopped early by Tune's scheduler or a stopper"
 
 
 class MetricbusTuneCallback(Callback):
@@ -130,7 +133,8 @@ class MetricbusTuneCallback(Callback):
         fields: dict[str, Any] = {"status": "completed"}
         if trial.trial_id in self._stopped:
             last = flat_numbers(trial.last_result, frozenset({"done"}))
-            fields["early_stopped"] = not _meets(trial.stopping_criterion, last)
+            if not _meets(trial.stopping_criterion, last):
+                fields = {"status": "stopped", "reason": STOPPED_REASON}
         self._end(trial, fields)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

@@ -5,8 +5,8 @@
     config = PPOConfig().environment("CartPole-v1").callbacks(metricbus_callback("ppo-cartpole-1"))
     algo = config.build_algo()
     for _ in range(100):
-        algo.train()
-    algo.stop()                                   # run_ended
+        algo.train()                              # one that raises: run_ended failed, with the error
+    algo.stop()                                   # run_ended completed
 
 RLlib makes its callback objects itself (``callbacks_class()``), on the driver and inside
 every env runner, which may be on other nodes; so :func:`metricbus_callback` returns a
@@ -16,7 +16,9 @@ class with the run id and endpoint baked in (Ray ships it to the env runners by 
   env runners) at ``on_algorithm_init``; each ``train()`` result as one ``metrics`` message
   at its ``num_env_steps_sampled_lifetime`` — every number of the result, nested keys joined
   by ``/``: ``env_runners/episode_return_mean``, ``learners/default_policy/policy_loss``,
-  ``num_env_steps_sampled_lifetime_throughput`` …; ``run_ended`` when ``algo.stop()`` runs.
+  ``num_env_steps_sampled_lifetime_throughput`` …; ``run_ended`` once: ``failed`` (with the
+  error's last line) when a ``train()`` raises, ``interrupted`` on Ctrl-C, else ``completed``
+  when ``algo.stop()`` runs (the wrapped methods are those a Tune trial actor calls too).
 - **Env runners**: every finished episode as an ``episode`` message — ``reward`` (the
   return), ``length`` (env steps), ``time`` (seconds), ``env`` (index in the runner's vector)
   and ``runner`` (the env runner's index). Its step is the runner's lifetime env-step count
@@ -95,15 +97,7 @@ class MetricbusRLlibCallback(RLlibCallback):
             "hyperparameters": flat_config(hyper),
         }
         self._publish("event", {"event": "run_started", "config": info})
-        # RLlib has no hook for the end of an algorithm: wrap this instance's stop() (Tune
-        # and users both end an algorithm through it) so that the run ends exactly once.
-        original_stop = algorithm.stop
-
-        def stop() -> None:
-            self._end("completed", _steps(getattr(algorithm, "_metricbus_last_step", None)))
-            original_stop()
-
-        algorithm.stop = stop
+        self._guard(algorithm)
 
     def on_train_result(
         self, *, algorithm: Any, metrics_logger: Any = None, result: dict[str, Any], **kwargs: Any
@@ -111,6 +105,31 @@ class MetricbusRLlibCallback(RLlibCallback):
         step = _steps(result.get(STEP_KEY))
         algorithm._metricbus_last_step = step
         self._publish("metrics", flat_numbers(result, TUNE_BOOKKEEPING), step)
+
+    def _guard(self, algorithm: Any) -> None:
+        # RLlib has no hook for an algorithm's end, nor for a train() that raises. Trainable.train()
+        # calls self.step() and Trainable.stop() calls self.cleanup(), both looked up on the
+        # instance, so wrapping these two on this instance sees both — also where Tune drives the
+        # algorithm as an actor, whose remote train()/stop() are the class's own (an instance's
+        # train or stop would be bypassed there). The run ends exactly once.
+        original_step, original_cleanup = algorithm.step, algorithm.cleanup
+
+        def step() -> Any:
+            try:
+                return original_step()
+            except KeyboardInterrupt:
+                self._end("interrupted", _steps(getattr(algorithm, "_metricbus_last_step", None)))
+                raise
+            except BaseException as exc:
+                self._end("failed", _steps(getattr(algorithm, "_metricbus_last_step", None)), exc)
+                raise
+
+        def cleanup() -> None:
+            self._end("completed", _steps(getattr(algorithm, "_metricbus_last_step", None)))
+            original_cleanup()
+
+        algorithm.step = step
+        algorithm.cleanup = cleanup
 
     # -- env runners ----------------------------------------------------------------------------
 
@@ -161,10 +180,13 @@ class MetricbusRLlibCallback(RLlibCallback):
         except Exception as exc:
             self._failed(exc)
 
-    def _end(self, status: str, step: int | None) -> None:
+    def _end(self, status: str, step: int | None, error: BaseException | None = None) -> None:
         if self._ended:
             return
-        self._publish("event", {"event": "run_ended", "status": status}, step)
+        fields: dict[str, Any] = {"event": "run_ended", "status": status}
+        if error is not None:
+            fields["error"] = _error_line(error)
+        self._publish("event", fields, step)
         self._ended = True
         if self.publisher is not None:
             self.publisher.close()
@@ -174,6 +196,16 @@ class MetricbusRLlibCallback(RLlibCallback):
         self.errors += 1
         if self.errors == 1:
             log.warning("publishing failed (counted, training goes on): %r", exc)
+
+
+def _error_line(error: BaseException) -> str:
+    # RLlib re-raises an env's exception as a bare ``RuntimeError from e``, and a remote
+    # failure's text is a whole traceback: say the first cause, by its last line
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    return f"{type(error).__name__}: {last}"[:1000] if last else type(error).__name__
 
 
 def _steps(value: Any) -> int | None:

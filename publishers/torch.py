@@ -17,7 +17,9 @@ plus ``run_started`` (world size, ranks, hosts) and ``run_ended``; with ``per_ra
 rank adds its own ``rank/<r>/grad/global_norm``, ``…/grad/nonfinite``, ``…/grad/zeros_ratio``
 and ``rank/<r>/time/steps_per_s`` at each measured step, so a straggler or a rank whose
 gradients go NaN shows up. The statistics are taken at the end of ``backward()``, before DDP
-has written the averaged gradients back: each rank measures its own local gradients.
+has written the averaged gradients back: each rank measures its own local gradients. A
+SIGTERM to rank 0 (torchrun's agent, a scheduler) sends what is held and ``run_ended``
+``interrupted``, then lets the signal stop the process (``publishers.distributed``).
 
 Messages go out in bursts (``publishers.burst``: 32 messages or 0.5 s, and at ``flush()``
 or ``close()``): each with its exact step, its ``ts`` when the burst was sent.
@@ -74,13 +76,16 @@ class GradientMonitor:
         self.errors = 0
         self._throughput = Throughput()
         self._burst = Burst(self._send)
+        if self.job is not None:
+            self.job.before_signal_end = self._burst.flush  # SIGTERM: what is held goes out before run_ended
         self._tap: GradientTap | None = None
         if self.is_main or self.per_rank:  # a silent rank pays nothing: no hooks at all
             self._tap = GradientTap(
                 [("", model.named_parameters(), optimizer)],
                 self._publish_grads,
                 every=every,
-                update_ratio=update_ratio,
+                # the other ranks publish RANK_KEYS only: no copy of the weights for them
+                update_ratio=update_ratio and self.is_main,
             )
 
     @property
@@ -94,6 +99,8 @@ class GradientMonitor:
         Also sets the step that the next gradient statistics are published at.
         """
         self.step = step
+        if self.job is not None:
+            self.job.step = step
         if not self.is_main or self.publisher is None:
             return  # rank 0 speaks for the job
         try:

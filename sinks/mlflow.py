@@ -7,8 +7,9 @@ What goes where (run ``R`` → the MLflow run named ``R``, tagged ``metricbus.ru
   (up to 1,000 values a request); ``episode`` values → ``episode/<key>``;
 - ``alert`` → the tag ``alert/<rule>`` (state, severity, message) and the metric
   ``alert/<rule>`` (1 firing, 0 resolved), so an alert shows in the run's charts too;
-- ``run_ended`` → the run's status (``completed`` → FINISHED, ``failed`` → FAILED,
-  ``interrupted`` → KILLED) and end time; the error text as the tag ``metricbus.error``;
+- ``run_ended`` → the run's status (``completed`` and ``stopped`` → FINISHED, as MLflow's
+  own Tune integration ends an early-stopped trial; ``failed`` → FAILED, ``interrupted`` →
+  KILLED) and end time; the error text as the tag ``metricbus.error``;
 - with ``system`` in ``kinds``: each node's samples in a run named ``node-<node>``.
 
 ``tracking_uri`` is what ``MlflowClient`` takes: ``sqlite:///mlflow.db`` (the default, next
@@ -42,7 +43,7 @@ _MAX_METRICS = 1_000
 _MAX_PARAMS_OR_TAGS = 100
 _MAX_KEY = 250
 _MAX_VALUE = 5_000
-_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+_STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 #: Errors that say "this request is wrong", which no retry will fix.
 _PERMANENT_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"})
 _BAD_KEY_CHARS = re.compile(r"[^\w./\- ]")

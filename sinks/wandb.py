@@ -40,7 +40,7 @@ log = logging.getLogger("metricbus.wandb")
 
 STEP_METRIC = "bus/step"
 _MODES = ("offline", "online", "disabled")
-_STATUS_EXIT = {"completed": 0}
+_STATUS_EXIT = {"completed": 0, "stopped": 0}  # a trial a scheduler stopped is no failure
 
 # (kind, source, ts, step or None, data)
 _Item = tuple[str, str, float, "int | None", dict[str, Any]]

@@ -6,8 +6,10 @@ Beside it, each rank works out what the monitor should have measured, on a plain
 the model: its local gradient's norm before DDP averages it, and the loss. It writes those
 to ``<out>/rank<r>.json`` for the test to compare with what reached the JSONL sink.
 ``--nan-at K`` feeds rank 1 a NaN input at step K: its local gradient is then non-finite.
+``--pause-at K`` makes rank 0 write its pid to ``<out>/rank0.pid`` after step K and wait
+for a signal there (the test sends SIGTERM).
 
-    torchrun --nproc_per_node=2 tests/ddp_train.py OUT_DIR [--steps N] [--nan-at K]
+    torchrun --nproc_per_node=2 tests/ddp_train.py OUT_DIR [--steps N] [--nan-at K] [--pause-at K]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -30,6 +33,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--nan-at", type=int, default=-1)
+    parser.add_argument("--pause-at", type=int, default=-1)
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -61,6 +65,10 @@ def main() -> None:
                     "nonfinite": int((~torch.isfinite(local)).sum()),
                 }
             )
+            if rank == 0 and step == args.pause_at:
+                (args.out / "rank0.pid").write_text(str(os.getpid()))
+                while True:  # until the test's SIGTERM ends the process
+                    signal.pause()
         run = monitor.job.run if monitor.job is not None else None
     out = {"rank": rank, "run": run, "pid": os.getpid(), "expected": expected}
     (args.out / f"rank{rank}.json").write_text(json.dumps(out))

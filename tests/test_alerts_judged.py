@@ -102,11 +102,13 @@ def test_selector_exclude_keeps_explained_variance_nan_out_of_nonfinite(feed: An
 
 
 def test_ended_rule_fires_at_once_with_the_exception_and_stays(feed: Any) -> None:
-    """run_ended failed fires a critical alert carrying the error text; completed does not; it is not resolved."""
+    """run_ended failed fires a critical alert carrying the error text; completed or stopped does not; it stays."""
     select = {"kind": "event", "metric": "status"}
     rule = {"name": "run-failed", "kind": "ended", "severity": "critical", "select": select, "hint": "read it"}
     f = feed(rule)
     assert f.send({"event": "run_ended", "status": "completed"}, kind="event") == []
+    stopped = {"event": "run_ended", "status": "stopped", "reason": "stopped early by Tune's scheduler or a stopper"}
+    assert f.send(stopped, kind="event", run="asha-trial") == []  # a sweep's scheduler at work: no fault
     fired = f.send(
         {"event": "run_ended", "status": "failed", "error": "ValueError: nan logits"}, run="r2", kind="event"
     )

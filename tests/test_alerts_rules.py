@@ -335,6 +335,7 @@ def test_absence_fires_on_the_timer_and_resolves_on_traffic(feed: Any) -> None:
     f.send({"event": "run_ended", "status": "completed"}, kind="event", run="done")  # ...until it ends again
     f.send({"event": "heartbeat", "sent": 3, "dropped": 0}, kind="event", run="done")  # Publisher.close()'s
     f.send({"event": "run_ended", "status": "failed"}, kind="event", run="crashed")  # failed: still watched
+    f.send({"event": "run_ended", "status": "stopped"}, kind="event", run="asha")  # a scheduler's stop: finished
 
     def fired() -> list[dict[str, Any]]:
         f.engine.flush()

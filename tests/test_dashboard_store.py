@@ -126,7 +126,7 @@ def test_alerts_fire_sort_by_severity_and_resolve_into_history() -> None:
 
 
 def test_run_status_follows_events_and_silence() -> None:
-    """A run is running, then failed on run_ended; a run that goes quiet reads as silent."""
+    """A run is running, then failed on run_ended (or stopped, with its reason); a quiet run reads as silent."""
     now = [2000.0]
     store = Store(silent_after=30.0, clock=lambda: now[0])
     store.add_live([metric("ok", 0, 0, 1.0, ts=1990.0), metric("quiet", 0, 0, 1.0, pub="q", ts=1990.0)])
@@ -137,6 +137,12 @@ def test_run_status_follows_events_and_silence() -> None:
     assert store.status(store.runs["ok"]) == "failed"
     assert store.runs["ok"].error == "boom"
     assert store.status(store.runs["quiet"]) == "silent"
+    reason = "stopped early by Tune's scheduler or a stopper"
+    ended = {"event": "run_ended", "status": "stopped", "reason": reason}
+    cut = Message("event", "trial", "n1", "p2", 1, 2000.0, 3, ended)
+    store.add_live([cut])
+    assert store.status(store.runs["trial"]) == "stopped"  # not "completed", not "silent"
+    assert store.runs["trial"].error == reason  # the badge's tooltip, the report's diagnosis
 
 
 def test_bus_health_counts_gaps_drops_and_rate() -> None:

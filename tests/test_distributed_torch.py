@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,104 @@ def test_ranks_without_a_process_group_need_a_shared_run_id(monkeypatch: pytest.
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
         discover()
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_ends_the_run_once_and_still_kills_it(stack: Stack, tmp_path: Path) -> None:
+    """SIGTERM to rank 0 (as torchrun sends it): held metrics, then one run_ended interrupted; it dies by the signal."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**stack.env, "METRICBUS_RUN": "ddp-sigterm-1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(REPO / "tests" / "ddp_train.py"),
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--pause-at",
+        "2",
+    ]
+    with subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as job:
+        try:
+            pid_file = out / "rank0.pid"
+            wait_until(lambda: pid_file.exists() or job.poll() is not None, 120, "rank 0 at its pause")
+            assert job.poll() is None, job.stdout.read() if job.stdout else ""
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            output, _ = job.communicate(timeout=120)
+        finally:
+            if job.poll() is None:
+                job.kill()
+    assert job.returncode != 0  # the job was stopped, not finished
+    assert "Signal 15 (SIGTERM) received by PID" in output  # rank 0 died by the signal: not swallowed
+
+    def ended() -> dict[str, Any] | None:
+        events = stack.records("ddp-sigterm-1", "event")
+        end = next((e for e in events if e["data"]["event"] == "run_ended"), None)
+        # rank 0's closing heartbeat follows its run_ended: after it, nothing more can come from rank 0
+        closed = end is not None and any(
+            e["pub"] == end["pub"] and e["seq"] > end["seq"] and e["data"]["event"] == "heartbeat" for e in events
+        )
+        return end if closed else None
+
+    end = wait_until(ended, 30, "run_ended and rank 0's closing heartbeat")
+    ends = [e for e in stack.records("ddp-sigterm-1", "event") if e["data"]["event"] == "run_ended"]
+    assert len(ends) == 1
+    assert end["data"]["status"] == "interrupted" and end["data"]["signal"] == "SIGTERM"
+    assert end["step"] == 2
+    losses = {r["step"] for r in stack.records("ddp-sigterm-1", "metrics") if "train/loss" in r["data"]}
+    assert losses == {0, 1, 2}  # what the burst held went out before the end
+
+
+def _run_ended(stack: Stack, run: str) -> list[dict[str, Any]]:
+    return [e for e in stack.records(run, "event") if e["data"]["event"] == "run_ended"]
+
+
+def test_sigterm_handler_chains_to_the_one_installed_before(stack: Stack) -> None:
+    """A SIGTERM handler the program had is still called after run_ended, and is back in place after."""
+    from publishers.distributed import DistributedRun
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    try:
+        job = DistributedRun("sigterm-chain-1", endpoint=stack.frontend)
+        job.step = 7
+        signal.raise_signal(signal.SIGTERM)
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is not job._signalled  # ours is gone, theirs is back
+        job.close()  # the run has ended already: nothing more
+        end = wait_until(lambda: _run_ended(stack, "sigterm-chain-1"), 20, "run_ended")
+        assert end[0]["data"]["status"] == "interrupted" and end[0]["step"] == 7
+        signal.raise_signal(signal.SIGTERM)
+        assert seen == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_inside_a_publish_ends_the_run_through_a_new_publisher(stack: Stack) -> None:
+    """A signal that lands while the main thread holds the publisher's lock: no deadlock, run_ended all the same."""
+    from publishers.distributed import DistributedRun
+
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    try:
+        job = DistributedRun("sigterm-inside-1", endpoint=stack.frontend)
+        assert job.publisher is not None
+        pack = job.publisher._pack
+
+        def pack_then_signal(obj: Any) -> bytes:  # runs inside publish(), under the publisher's lock
+            signal.raise_signal(signal.SIGTERM)
+            return pack(obj)
+
+        job.publisher._pack = pack_then_signal
+        job.metrics({"train/loss": 1.0}, 3)
+        job.publisher._pack = pack
+        end = wait_until(lambda: _run_ended(stack, "sigterm-inside-1"), 20, "run_ended")
+        assert end[0]["data"]["status"] == "interrupted" and end[0]["pub"] != job.publisher.pub
+        job.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(_run_ended(stack, "sigterm-inside-1")) == 1

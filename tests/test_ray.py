@@ -16,6 +16,7 @@ from support import REPO, Stack, free_port, wait_until
 
 ray = pytest.importorskip("ray")
 tune = pytest.importorskip("ray.tune")
+gymnasium = pytest.importorskip("gymnasium")
 
 MAX_T = 8
 RATES = [1.0, 0.8, 0.3, 0.2, 0.05]  # best first: later trials meet ASHA's rungs already filled; the last fails
@@ -118,9 +119,12 @@ def test_tune_sweep_with_asha_publishes_each_trial_as_a_run(cluster: None, bus: 
         assert [r["data"]["nested/acc"] for r in rows] == list(reported["nested/acc"])
         assert not any(k in rows[0]["data"] for k in ("pid", "hostname", "date", "trial_id"))
         iterations = int(reported["training_iteration"].iloc[-1])
-        assert end["step"] == iterations and end["data"]["status"] == "completed"
-        assert end["data"]["early_stopped"] is (iterations < MAX_T)  # ASHA cut it short, or it ran to stop=
-        early += iterations < MAX_T
+        assert end["step"] == iterations
+        if iterations < MAX_T:  # ASHA cut it short: stopped, not completed (nor failed)
+            assert end["data"]["status"] == "stopped" and "scheduler" in end["data"]["reason"]
+            early += 1
+        else:  # it ran to stop=
+            assert end["data"]["status"] == "completed" and "reason" not in end["data"]
     assert early >= 1  # the scheduler did stop trials early in this sweep
     assert sum(r.error is not None for r in grid) == 1
     assert nowhere.unreachable and nowhere.errors == 0  # a bus that is down cost the sweep nothing but a warning
@@ -178,6 +182,65 @@ def test_rllib_ppo_publishes_train_results_and_every_episode(cluster: None, bus:
     events = [e["data"] for e in bus.records("rllib-ppo-1", "event") if e["data"]["event"] != "heartbeat"]
     assert [e["event"] for e in events] == ["run_started", "run_ended"]
     assert events[0]["config"]["algorithm"] == "PPO" and events[0]["config"]["hyperparameters"]["lr"] == 3e-4
+
+
+CRASH_AFTER = 300  # env steps: inside the second train() of 200 steps each
+
+
+class CrashingCartPole(gymnasium.Wrapper):  # type: ignore[type-arg]
+    """CartPole whose every instance raises after ``CRASH_AFTER`` steps, as a broken simulator would."""
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(gymnasium.make("CartPole-v1"))
+        self.steps = 0
+
+    def step(self, action: Any) -> Any:
+        self.steps += 1
+        if self.steps > CRASH_AFTER:
+            raise RuntimeError("simulator crashed on purpose")
+        return self.env.step(action)
+
+
+@pytest.mark.slow
+def test_rllib_train_that_raises_ends_the_run_failed_once(cluster: None, bus: Stack) -> None:
+    """An env that raises: train() raises, the run ends failed with the env's error, once (stop() adds nothing)."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from publishers.rllib import metricbus_callback
+
+    config = (
+        PPOConfig()
+        .environment(CrashingCartPole)
+        # the env runner in the driver: its error reaches train() as RLlib raises it (a remote
+        # runner's process dies instead, and train() raises ActorDiedError: the same run_ended)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=1, rollout_fragment_length=200)
+        .fault_tolerance(restart_failed_sub_environments=False)
+        .training(train_batch_size_per_learner=200, minibatch_size=100, num_epochs=1)
+        .rl_module(model_config={"fcnet_hiddens": [16]})
+        .callbacks(metricbus_callback("rllib-crash-1", episodes=False))
+        .debugging(seed=0)
+    )
+    algo = config.build_algo()
+    try:
+        first = algo.train()
+        with pytest.raises(RuntimeError) as raised:
+            algo.train()
+        assert "simulator crashed on purpose" in repr(raised.value.__cause__)
+    finally:
+        algo.stop()  # after the failure: no second run_ended
+
+    def closing_heartbeat() -> dict[str, Any] | None:
+        events = bus.records("rllib-crash-1", "event")
+        end = next((e for e in events if e["data"]["event"] == "run_ended"), None)
+        # the driver's closing heartbeat follows its run_ended: nothing more comes after it
+        after = end is not None and any(e["seq"] > end["seq"] and e["pub"] == end["pub"] for e in events)
+        return end if after else None
+
+    end = wait_until(closing_heartbeat, 30, "run_ended and the closing heartbeat")
+    assert end["data"]["status"] == "failed"
+    assert "RuntimeError: simulator crashed on purpose" in end["data"]["error"]
+    assert end["step"] == int(first["num_env_steps_sampled_lifetime"])  # the last result that made it
+    assert len([e for e in bus.records("rllib-crash-1", "event") if e["data"]["event"] == "run_ended"]) == 1
 
 
 def _numbers(result: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -123,3 +123,27 @@ def test_every_nth_optimizer_step_is_measured_and_hooks_come_off() -> None:
     assert tap.errors == 0
     tap.remove()
     assert all(not p._post_accumulate_grad_hooks for p in net.parameters())
+
+
+def test_cpu_counts_equal_the_fused_kernels_of_the_accelerator_path() -> None:
+    """On a CPU, norms, count_nonzero and the non-finite count where the norm is not finite: the same numbers."""
+    from publishers.grad_stats import _cpu_counts
+
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=generator) for shape in ((64, 32), (32,), (1, 64), (7,))]
+    grads[0][:5] = 0.0
+    grads[0][5, :3] = -0.0  # zero for both
+    grads[1][3] = math.nan
+    grads[2][0, :4] = math.inf
+    grads[3][0] = 3e38  # finite, but its square overflows: the norm is inf, the count still 0
+    fused = torch.stack(
+        [
+            *torch._foreach_norm(grads),
+            *torch._foreach_norm(grads, 0),
+            *torch._foreach_norm(torch._foreach_sub(grads, grads), 0),
+        ]
+    ).to(torch.float64)
+    ours = _cpu_counts(grads)
+    assert torch.equal(ours.isnan(), fused.isnan())
+    assert torch.equal(ours.nan_to_num(nan=-1.0), fused.nan_to_num(nan=-1.0))
+    assert ours[8:].tolist() == [0.0, 1.0, 4.0, 0.0]

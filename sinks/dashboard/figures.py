@@ -28,6 +28,7 @@ SEVERITY_COLOURS: Final = {"critical": "#7b1fa2", "error": "#c62828", "warning":
 STATUS_COLOURS: Final = {
     "running": "#2e7d32",
     "completed": "#1565c0",
+    "stopped": "#00838f",  # cut short by a sweep's scheduler: an ordinary end, not a fault
     "failed": "#c62828",
     "interrupted": "#ef6c00",
     "silent": "#9e9e9e",

@@ -41,7 +41,7 @@ NODE: Final = "node"
 #: Episode fields become series named ``episode/<field>``.
 EPISODE_PREFIX: Final = "episode/"
 SEVERITY_ORDER: Final = {"critical": 0, "error": 1, "warning": 2, "info": 3}
-FINISHED: Final = frozenset({"completed", "failed", "interrupted"})
+FINISHED: Final = frozenset({"completed", "stopped", "failed", "interrupted"})
 #: Publishers whose drop counts are kept, and (kind, publisher) entries remembered per source
 #: for de-duplication: least recently seen forgotten first.
 MAX_PUBLISHERS: Final = 20_000
@@ -356,7 +356,8 @@ class Store:
         elif event == "run_ended":
             status = str(message.data.get("status", "completed"))
             data.status = status if status in FINISHED else "completed"
-            data.error = str(message.data.get("error") or "")
+            # the badge's tooltip and the report's diagnosis: what failed, or why it was stopped
+            data.error = str(message.data.get("error") or message.data.get("reason") or "")
         elif event == "heartbeat":
             dropped = message.data.get("dropped")
             if isinstance(dropped, int):
@@ -381,7 +382,7 @@ class Store:
     # -- reading (callers hold ``lock`` across related reads) -----------------------------------
 
     def status(self, data: SourceData) -> str:
-        """``running``, ``completed``, ``failed``, ``interrupted`` or ``silent``."""
+        """``running``, ``completed``, ``stopped``, ``failed``, ``interrupted`` or ``silent``."""
         if data.status == "running" and self.clock() - data.last_ts > self.silent_after:
             return "silent"
         return data.status

@@ -21,7 +21,7 @@ from bus.message import Message
 from sinks.websocket.subscription import Subscription
 
 MAX_TEXT: Final = 256
-FINISHED: Final = frozenset({"completed", "failed", "interrupted"})
+FINISHED: Final = frozenset({"completed", "stopped", "failed", "interrupted"})
 #: kinds whose data are readings (latest value kept); events and alerts are state instead
 _READINGS: Final = frozenset({"metrics", "episode", "system", "bus"})
 
