@@ -77,14 +77,19 @@ def test_tune_sweep_with_asha_publishes_each_trial_as_a_run(cluster: None, bus: 
             name="lr-sweep",
             storage_path=str(tmp_path / "ray_results"),
             stop={"training_iteration": MAX_T},
-            callbacks=[MetricbusTuneCallback(), nowhere],
+            # generous waits: on a loaded machine one slow connect would mark the bus unreachable
+            callbacks=[MetricbusTuneCallback(connect_timeout=10.0, linger=10.0), nowhere],
             verbose=0,
         ),
     )
     grid = tuner.fit()
     assert len(grid) == len(RATES)
 
-    runs = sorted(p.name for p in bus.root.iterdir() if p.name.startswith("lr-sweep-"))
+    def run_dirs() -> list[str]:
+        return sorted(p.name for p in bus.root.iterdir() if p.name.startswith("lr-sweep-"))
+
+    # fit() returns once the trials are done, not once the sink has written their last messages
+    runs = wait_until(lambda: len(run_dirs()) >= len(RATES) and run_dirs(), 30, "every trial's run directory")
     assert len(runs) == len(RATES)
 
     def started(run: str) -> dict[str, Any]:
