@@ -72,14 +72,14 @@ records, lock, local = [], threading.Lock(), threading.local()
 server = sink.app.server
 @server.before_request
 def _start():
-    local.t = time.perf_counter()
+    local.t, local.wall = time.perf_counter(), time.time()
 @server.after_request
 def _stop(response):
     from flask import request
     if request.path.endswith("_dash-update-component"):
         output = str((request.get_json(silent=True) or {}).get("output", ""))
         with lock:
-            records.append([output, time.perf_counter() - local.t, len(response.get_data())])
+            records.append([output, time.perf_counter() - local.t, len(response.get_data()), local.wall])
     return response
 @server.route("/_bench")
 def _bench():
@@ -127,7 +127,7 @@ class Dashboard:
             raise RuntimeError(f"{self.name} dashboard died: {self.process.stderr.read()[-2000:]}")  # type: ignore[union-attr]
         return self.ready.exists()
 
-    def requests(self) -> list[tuple[str, float, int]]:
+    def requests(self) -> list[tuple[str, float, int, float]]:
         with urllib.request.urlopen(self.url + "/_bench", timeout=30) as answer:
             return [tuple(r) for r in json.loads(answer.read())]
 
@@ -271,25 +271,101 @@ class Load:
 
 # -- measuring a page -----------------------------------------------------------------------------
 
+#: A chart with data drawn: a Plotly graph holding a trace with points *and* its SVG or WebGL
+#: layer painted (an empty axis, or a figure not yet drawn, does not count). Answers the time
+#: since navigation started (``performance.now()``), so the split below shares its clock.
 FIRST_CHART_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
-    .some(g => g.data && g.data.some(t => t.x && t.x.length > 0))"""
+    .some(g => g._fullData && g._fullData.some(t => t.x && t.x.length > 0)
+               && g.querySelector('.scatterlayer .trace path.js-line, .gl-canvas-context'))
+    && performance.now()"""
+#: Installed before the page's own scripts: the first moment each milestone is seen (checked
+#: every animation frame, so at most one frame late) and the main thread's long tasks.
+MILESTONES_JS = """(() => {
+  const seen = {}, long = [];
+  window.__benchMilestones = seen; window.__benchLongTasks = long;
+  try { new PerformanceObserver(l => { for (const e of l.getEntries())
+          long.push([Math.round(e.startTime), Math.round(e.duration)]); })
+        .observe({type: 'longtask', buffered: true}); } catch (e) {}
+  const checks = {
+    plotly_defined: () => !!window.Plotly,
+    renderer_started: () => !!document.querySelector('#react-entry-point > *:not(._dash-loading)'),
+    chart_card: () => !!document.querySelector('[data-chart]'),
+    plotly_graph: () => !!document.querySelector('.js-plotly-plot'),
+    chart_with_data: () => [...document.querySelectorAll('.js-plotly-plot')]
+        .some(g => g._fullData && g._fullData.some(t => t.x && t.x.length > 0)),
+  };
+  const tick = () => {
+    for (const [k, f] of Object.entries(checks)) {
+      if (!(k in seen)) { try { if (f()) seen[k] = performance.now(); } catch (e) {} }
+    }
+    if (Object.keys(seen).length < Object.keys(checks).length) requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+})();"""
+#: What the browser itself timed: navigation, every resource (scripts, _dash-layout,
+#: _dash-dependencies, callbacks), milestones and long tasks.
+SPLIT_JS = """() => {
+  const nav = performance.getEntriesByType('navigation')[0] || {};
+  return {
+    origin: performance.timeOrigin,
+    nav: {response_end: nav.responseEnd, dom_content_loaded: nav.domContentLoadedEventEnd, load: nav.loadEventEnd},
+    resources: performance.getEntriesByType('resource').map(r => ({
+      name: r.name.replace(location.origin, ''), start: r.startTime, end: r.responseEnd,
+      ttfb: r.responseStart - r.startTime, bytes: r.encodedBodySize, decoded: r.decodedBodySize})),
+    milestones: window.__benchMilestones || {},
+    long_tasks: window.__benchLongTasks || [],
+  };
+}"""
 PAGE_JS = """() => ({height: document.documentElement.scrollHeight,
                     charts: document.querySelectorAll('.js-plotly-plot').length})"""
 
 
-def measure_page(browser: Any, dash: Dashboard, minutes: float, screenshot: Path, paint_limit: float) -> dict[str, Any]:
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def open_and_paint(browser: Any, dash: Dashboard, paint_limit: float) -> tuple[Any, dict[str, Any]]:
+    """A fresh page (a new browser context: nothing cached) opened on ``dash``; the time to its
+    first chart with data drawn, and where that time went (the split)."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(int(paint_limit * 1000))
-    cdp = page.context.new_cdp_session(page)
+    page.add_init_script(MILESTONES_JS)
     dash.requests()  # forget what came before this page
-    out: dict[str, Any] = {"name": dash.name}
+    out: dict[str, Any] = {"name": dash.name, "load_before": load_average()}
     started = time.perf_counter()
     page.goto(dash.url, wait_until="commit")
     try:
-        page.wait_for_function(FIRST_CHART_JS, polling=100)
+        painted = page.wait_for_function(FIRST_CHART_JS, polling="raf").json_value()
         out["paint_s"] = time.perf_counter() - started
+        out["paint_page_ms"] = float(painted)
+        out["split"] = page.evaluate(SPLIT_JS)
+        out["first_callbacks"] = dash.requests()
     except Exception:
         out["paint_s"] = None
+    out["load_after"] = load_average()
+    return page, out
+
+
+def paint_line(result: dict[str, Any]) -> str:
+    paint = f"{result['paint_s']:.2f} s" if result.get("paint_s") is not None else "none in the limit"
+    return f"first chart {paint} (load average {result['load_before']} before, {result['load_after']} after)"
+
+
+def measure_page(
+    browser: Any, dash: Dashboard, minutes: float, screenshot: Path, paint_limit: float, repeats: int
+) -> dict[str, Any]:
+    paints = []
+    for _ in range(repeats - 1):  # extra fresh pages, for the first chart only
+        page, result = open_and_paint(browser, dash, paint_limit)
+        page.close()
+        paints.append(result)
+        print(f"    {dash.name} (paint only): {paint_line(result)}", flush=True)
+        if result.get("split"):
+            print(split_report(result), flush=True)
+    page, out = open_and_paint(browser, dash, paint_limit)
+    out["paints"] = [*paints, dict(out)]
+    started = time.perf_counter()
+    cdp = page.context.new_cdp_session(page)
     heap: list[float] = []
     answers: list[float] = []
     deadline = time.monotonic() + 60 * minutes
@@ -307,7 +383,7 @@ def measure_page(browser: Any, dash: Dashboard, minutes: float, screenshot: Path
         page.screenshot(path=str(screenshot), timeout=60_000)
     except Exception as exc:
         out["error"] = str(exc).splitlines()[0]
-    records = dash.requests()
+    records = out.get("first_callbacks", []) + dash.requests()
     seconds = max(1e-9, time.perf_counter() - started)
     polls = [r for r in records if "cursors" in r[0]]
     out["answer_ms"] = [1000 * a for a in answers]
@@ -327,14 +403,58 @@ def pct(values: list[float], q: float) -> float:
     return finite[min(len(finite) - 1, int(q / 100 * len(finite)))]
 
 
+def split_report(result: dict[str, Any]) -> str:
+    """Where the time to the first chart went, by the browser's own clock (ms since navigation
+    started), with the server's time for each callback answered before it."""
+    split = result.get("split")
+    if not split:
+        return ""
+    nav, milestones, resources = split["nav"], split["milestones"], split["resources"]
+
+    def span(match: Any) -> str:
+        found = [r for r in resources if match(r["name"])]
+        if not found:
+            return "—"
+        start, end = min(r["start"] for r in found), max(r["end"] for r in found)
+        size = sum(r["bytes"] for r in found) / 1024
+        decoded = sum(r["decoded"] for r in found) / 1024
+        return f"{start:.0f}–{end:.0f} ms, {len(found)} file(s), {size:,.0f} KiB sent ({decoded:,.0f} KiB)"
+
+    scripts = [r for r in resources if r["name"].split("?")[0].endswith(".js")]
+    lines = [
+        f"    split of the first chart ({result['paint_page_ms']:.0f} ms after navigation started, page's clock):",
+        f"      HTML answered {nav['response_end']:.0f} ms; DOMContentLoaded {nav['dom_content_loaded']:.0f} ms;"
+        f" load {nav['load']:.0f} ms",
+        f"      scripts: {span(lambda n: n.split('?')[0].endswith('.js'))}",
+        f"        of which plotly: {span(lambda n: 'plotly' in n and n.split('?')[0].endswith('.js'))}",
+        f"        the last script answered at {max((r['end'] for r in scripts), default=0):.0f} ms",
+        f"      _dash-layout: {span(lambda n: '_dash-layout' in n)}",
+        f"      _dash-dependencies: {span(lambda n: '_dash-dependencies' in n)}",
+        "      milestones: "
+        + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(milestones.items(), key=lambda kv: kv[1])),
+    ]
+    origin = split["origin"] / 1000
+    updates = [r for r in resources if "_dash-update-component" in r["name"]]
+    calls = sorted(result.get("first_callbacks", []), key=lambda r: r[3])
+    lines.append(f"      callbacks answered before it: {len(updates)} (server time, output):")
+    for r in calls[:12]:
+        at = 1000 * (r[3] - origin)
+        lines.append(f"        at {at:6.0f} ms: {1000 * r[1]:6.1f} ms, {r[2] / 1024:7.1f} KiB  {r[0][:90]}")
+    busy = [t for t in split["long_tasks"] if t[0] < result["paint_page_ms"]]
+    lines.append(
+        f"      main thread: {len(busy)} long tasks before it, {sum(d for _, d in busy):,} ms in all; longest "
+        + ", ".join(f"{d} ms at {s}" for s, d in sorted(busy, key=lambda t: -t[1])[:5])
+    )
+    return "\n".join(lines)
+
+
 def report(result: dict[str, Any]) -> str:
-    paint = f"{result['paint_s']:.2f} s" if result.get("paint_s") is not None else "none in the limit"
     heap = result["heap_mb"]
     answers, polls, sizes = result["answer_ms"], result["poll_ms"], [float(b) for b in result["poll_bytes"]]
     error = "; " + result["error"] if "error" in result else ""
     heap_text = f"{heap[0]:.0f} MB first, {max(heap):.0f} MB max, {heap[-1]:.0f} MB last" if heap else "—"
     lines = [
-        f"  {result['name']}: first chart {paint}; charts {result.get('charts', '?')},"
+        f"  {result['name']}: {paint_line(result)}; charts {result.get('charts', '?')},"
         f" page height {result.get('height', '?')} px{error}",
         f"    page answering: median {pct(answers, 50):.0f} ms, worst {max(answers or [0]):.0f} ms"
         f" ({len(answers)} probes, every 5 s)",
@@ -345,6 +465,15 @@ def report(result: dict[str, Any]) -> str:
         f"    every callback together: {result['all_bytes_per_s'] / 1024:.1f} KiB/s,"
         f" callback p95 {pct(result['callback_ms'], 95):.0f} ms",
     ]
+    if result.get("split"):
+        lines.append(split_report(result))
+    times = sorted(p["paint_s"] for p in result["paints"] if p.get("paint_s") is not None)
+    if len(result["paints"]) > 1:
+        lines.append(
+            f"    first chart over {len(result['paints'])} fresh pages: "
+            + (f"median {statistics.median(times):.2f} s, " if times else "")
+            + ", ".join(f"{p['paint_s']:.2f} s" if p.get("paint_s") is not None else "none" for p in result["paints"])
+        )
     return "\n".join(lines)
 
 
@@ -404,6 +533,10 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=2.0, help="each page is watched this long")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds of load before the first page")
     parser.add_argument("--paint-limit", type=float, default=90.0, help="seconds to wait for a first chart")
+    parser.add_argument("--paint-repeats", type=int, default=1, help="fresh pages timed to their first chart, each")
+    parser.add_argument(
+        "--pages", default="new,base", help="which dashboards' pages to open (both are fed either way): new,base"
+    )
     parser.add_argument("--demo-timesteps", type=int, default=20_000, help="0: skip the demo part")
     parser.add_argument("--demo-only", action="store_true", help="skip the scale part")
     parser.add_argument("--base", help="a checkout of the base commit (default: git archive of it)")
@@ -435,8 +568,11 @@ def main() -> int:
                 with sync_playwright() as playwright:
                     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                     for dash in dashboards:
+                        if dash.name not in args.pages.split(","):
+                            continue
                         shot = ARTIFACTS / f"bench-scale-{dash.name}.png"
-                        print(report(measure_page(browser, dash, args.minutes, shot, args.paint_limit)), flush=True)
+                        result = measure_page(browser, dash, args.minutes, shot, args.paint_limit, args.paint_repeats)
+                        print(report(result), flush=True)
                     browser.close()
                 load.stop()
                 print(f"  publishers sent {load.sent:,} messages")

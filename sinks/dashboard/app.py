@@ -23,13 +23,23 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, Final
 
-from sinks.dashboard.charts import ChartSpec, View, chart_specs, compile_filter, warm_search
-from sinks.dashboard.figures import SECTIONS, X_MODES
-from sinks.dashboard.layout import CHART_HEIGHT, CSS, PAGE_SECTIONS, layout, run_options
+from sinks.dashboard.charts import View, chart_specs, compile_filter, warm_search
+from sinks.dashboard.figures import X_MODES
+from sinks.dashboard.layout import (
+    CSS,
+    PAGE_SECTIONS,
+    RUN_SECTIONS,
+    Served,
+    chart_children,
+    layout,
+    page_order,
+    run_options,
+)
 from sinks.dashboard.nodes import overview_key, overview_table
-from sinks.dashboard.panels import age_text, alert_table, attrs, valid_regex
+from sinks.dashboard.panels import alert_table, health_row, valid_regex
 from sinks.dashboard.runs import (
     DEFAULT_DRAWN,
+    DEFAULT_GROUP_PATTERN,
     Grouping,
     config_keys,
     hparams_figure,
@@ -42,7 +52,9 @@ from sinks.dashboard.updates import chart_updates
 
 #: The runs table and the node overview are rebuilt at most this often (seconds).
 TABLE_REFRESH: Final = 5.0
-_RUN_SECTIONS: Final = tuple(key for key, _, _ in SECTIONS)
+#: The cookie (its name ends with the page's port) that tells the server which sections are
+#: closed, so that a page is served without their charts; the page keeps it beside its local storage.
+CLOSED_COOKIE: Final = "metricbus_closed_"
 _TABLE_COLUMNS: Final = (
     ("run", "run", "text"),
     ("status", "status", "text"),
@@ -72,6 +84,29 @@ def grouping_of(
     return Grouping(mode or "none", key, stat or "mean", band or "minmax", bool(members))
 
 
+#: The grouping the controls start with (as the first poll will read them).
+FIRST_GROUPING: Final = grouping_of("none", DEFAULT_GROUP_PATTERN, None, "mean", "minmax", [])
+
+
+def request_state() -> tuple[frozenset[str], dict[str, str]]:
+    """For a page being served (from the ``_dash-layout`` request): the sections its reader
+    closed (the cookie) and where the page is (the request's referrer: ``?node=`` opens nodes)."""
+    import flask
+
+    if not flask.has_request_context():
+        return frozenset(), {}
+    request = flask.request
+    keys = {key for key, _ in PAGE_SECTIONS}
+    cookie = request.cookies.get(CLOSED_COOKIE + request.host.rpartition(":")[2], "")
+    closed = frozenset(k for k in cookie.split(",") if k in keys)
+    referrer = request.referrer or ""
+    parts = urllib.parse.urlsplit(referrer)
+    if not referrer or parts.netloc != request.host:
+        return closed, {}  # unknown: dcc.Location reads the page's own on mount
+    search = f"?{parts.query}" if parts.query else ""
+    return closed, {"pathname": parts.path or "/", "search": search, "href": referrer, "hash": ""}
+
+
 def build_app(
     store: Store,
     *,
@@ -85,20 +120,43 @@ def build_app(
 ) -> Any:
     """The Dash app; ``loading`` says how many sources' history is still being read;
     ``default_runs`` how many of the most recent runs a page draws when it opens."""
-    from dash import ALL, Dash, Input, Output, Patch, State, ctx, dcc, html, no_update
+    from dash import ALL, Dash, Input, Output, Patch, State, ctx, no_update
 
     # update_title=None: no "Updating..." flicker in the tab title on every poll (Dash's documented
     # way; its stubs only say str)
     app = Dash(__name__, title="metricbus", update_title=None, serve_locally=True)  # type: ignore[arg-type]
-    app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
+    # Plotly (~4.7 MB) is fetched from the start and evaluated while the renderer asks for the
+    # layout (a deferred script runs after the page's own, which start the renderer), instead
+    # of being asked for only once a graph is laid out; dcc.Graph takes window.Plotly as it finds it.
+    plotly_js = f"{app.config.requests_pathname_prefix}_dash-component-suites/plotly/package_data/plotly.min.js"
+    app.index_string = app.index_string.replace(
+        "{%css%}", f'{{%css%}}<style>{CSS}</style><script defer src="{plotly_js}"></script>'
+    )
 
     def page() -> Any:
+        """The page with its first screen in it: the charts of the most recent runs, the first
+        ones with their figures and their cursors, so no callback stands before the first chart."""
+        closed, location = request_state()
         with store.lock:
             runs = sorted(store.runs)
             recent = recent_runs(store, default_runs)
-        return layout(poll_interval, smoothing, default_runs, runs, recent)
-
-    app.layout = page
+        view = view_of(recent, None, None, smoothing, "step", sorted(closed), location.get("search"), FIRST_GROUPING)
+        with store.lock:
+            specs = chart_specs(store, view)
+        ordered = [s.id for s in page_order(specs)]
+        update = chart_updates(
+            store, view, ordered, None, draw_points=draw_points, webgl_points=webgl_points, now=time.time()
+        )
+        figures = {cid: f for cid, f in zip(ordered, update.figures, strict=True) if f is not None}
+        served = Served(
+            charts=chart_children(specs, figures, {}),
+            chart_ids=[s.id for s in specs],
+            cursors=update.whole or {},
+            health=health_row(store, connected_window, loading()),
+            location=location,
+            closed=closed,
+        )
+        return layout(poll_interval, smoothing, default_runs, runs, recent, served)
 
     def view_of(
         runs: list[str] | None,
@@ -123,9 +181,12 @@ def build_app(
             grouping,
         )
 
+    app.layout = page
+
     overdue_ms = int(max(5.0, 10 * poll_interval) * 1000)
     app.clientside_callback(  # type: ignore[no-untyped-call]
         f"""function(n) {{
+            if (!window.metricbusReady || !window.metricbusReady()) {{ return window.dash_clientside.no_update; }}
             const started = window.metricbusPoll || 0, now = Date.now();
             if (started && now - started < {overdue_ms}) {{ return window.dash_clientside.no_update; }}
             window.metricbusPoll = now;
@@ -160,6 +221,8 @@ def build_app(
     app.clientside_callback(  # type: ignore[no-untyped-call]
         f"""function(closed) {{
             closed = closed || [];
+            document.cookie = '{CLOSED_COOKIE}' + location.port + '=' + closed.join(',')
+                + '; path=/; max-age=31536000; SameSite=Lax';
             return {json.dumps(keys)}.map(k => closed.includes(k) ? 'fold closed' : 'fold');
         }}""",
         *[Output(f"section-{key}", "className") for key in keys],
@@ -189,6 +252,7 @@ def build_app(
         State("runs-table", "data"),
         State("runs-key", "data"),
         State("closed-sections", "data"),
+        prevent_initial_call=True,  # the page is served with its runs; the first poll fills the table
     )
     def update_runs(
         _tick: Any,
@@ -258,7 +322,7 @@ def build_app(
     # -- the charts that exist: laid out again only when the set of charts changes ----------
 
     @app.callback(
-        *[Output(f"charts-{key}", "children") for key in _RUN_SECTIONS],
+        *[Output(f"charts-{key}", "children") for key in RUN_SECTIONS],
         Output("charts-system", "children"),
         Output("chart-ids", "data"),
         Output("run-filter", "className"),
@@ -288,53 +352,10 @@ def build_app(
         bad = "" if not run_filter or valid_regex(run_filter) else "bad-regex"
         signature = [s.id for s in specs]
         if signature == ids:
-            return (*[no_update] * (len(_RUN_SECTIONS) + 2), bad)
+            return (*[no_update] * (len(RUN_SECTIONS) + 2), bad)
         marked = {k: set((options or {}).get(k) or []) for k in ("log", "wide")}
-        by_section: dict[str, list[Any]] = {key: [] for key in _RUN_SECTIONS}
-        nodes: dict[str, list[Any]] = {}
-
-        def card(spec: ChartSpec) -> Any:
-            graph = dcc.Graph(
-                id={"type": "chart", "id": spec.id},
-                figure={"data": [], "layout": {"height": CHART_HEIGHT, "title": {"text": spec.title}}},
-                config={
-                    "displaylogo": False,
-                    "responsive": True,
-                    "modeBarButtonsToRemove": ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d"],
-                },
-                style={"height": f"{CHART_HEIGHT}px"},
-            )
-            tools = html.Div(
-                [
-                    html.Button(label, title=title, **attrs({"data-action": action}))
-                    for action, label, title in (
-                        ("log", "log", "log-scale y axis"),
-                        ("wide", "⤢", "full width"),
-                        ("csv", "csv", "download the shown series as CSV"),
-                        ("png", "png", "download a PNG"),
-                    )
-                ],
-                className="tools",
-            )
-            flags = [k for k in ("log", "wide") if spec.id in marked[k]]
-            return html.Div(
-                [tools, graph],
-                className=" ".join(["chart", *flags]),
-                **attrs({"data-chart": spec.id, **{f"data-{k}": "true" for k in flags}}),
-            )
-
-        for spec in specs:
-            if spec.section == "system":
-                nodes.setdefault(spec.node, []).append(card(spec))
-            else:
-                by_section[spec.section].append(card(spec))
-        empty = html.Div("no metrics yet", className="empty")
-        node_blocks = [
-            html.Div([html.H3(f"node {node}"), html.Div(cards, className="grid")], **attrs({"data-node": node}))
-            for node, cards in nodes.items()
-        ]
-        hint = html.Div("click a node's name to open its charts", className="empty")
-        return (*[by_section[key] or empty for key in _RUN_SECTIONS], node_blocks or hint, signature, bad)
+        children = chart_children(specs, {}, marked)
+        return (*[children[key] for key in RUN_SECTIONS], children["system"], signature, bad)
 
     # -- the figures: whole when new or when a control changed, else only what is new -------
 
@@ -382,6 +403,10 @@ def build_app(
         options: dict[str, Any] | None,
         visible: list[str] | None,
     ) -> Any:
+        if ctx.triggered_id is None and cursors:
+            # the page's load, not a poll: it was served with these figures and their cursors,
+            # and its graphs may not be mounted yet to take an extend
+            return [no_update] * len(chart_ids), [no_update] * len(chart_ids), no_update, no_update
         grouping = grouping_of(group_mode, group_regex, group_hparam, group_stat, group_band, group_members)
         view = view_of(runs, run_filter, search, smooth, x_mode, closed, url, grouping)
         update = chart_updates(
@@ -414,40 +439,24 @@ def build_app(
     @app.callback(
         Output("health", "children"),
         Input("tick", "data"),
+        prevent_initial_call=True,  # served with the page
     )
     def update_health(_tick: Any) -> Any:
-        now = time.time()
-        with store.lock:
-            h = store.health
-            age = None if h.last_receipt is None else max(0.0, now - h.last_receipt)
-            connected = age is not None and age <= connected_window
-            rate = h.rate(now)
-            dropped, gaps, missing, undecodable = h.dropped, h.gaps, h.missing, h.undecodable
-        pending = loading()
-        dot = "#2e7d32" if connected else "#c62828"
-        return [
-            html.Span(
-                [html.Span(className="dot", style={"background": dot}), "connected" if connected else "no messages"],
-                id="health-connected",
-                **attrs({"data-connected": "true" if connected else "false"}),
-            ),
-            html.Span(f"{rate:.1f} msg/s", id="health-rate", **attrs({"data-rate": f"{rate:.3f}"})),
-            html.Span(f"last message {age_text(age)} ago", id="health-age"),
-            html.Span(f"dropped {dropped}", id="health-dropped", **attrs({"data-dropped": str(dropped)})),
-            html.Span(
-                f"gaps {gaps} ({missing} lost)" + (f", undecodable {undecodable}" if undecodable else ""),
-                id="health-gaps",
-                **attrs({"data-gaps": str(gaps), "data-missing": str(missing)}),
-            ),
-            html.Span(
-                f"loading history of {pending} source(s)" if pending else "history loaded",
-                id="health-history",
-                **attrs({"data-loading": str(pending)}),
-            ),
-        ]
+        return health_row(store, connected_window, loading())
+
+    # the overview arrives as an HTML string (sinks/dashboard/nodes.py), set in place here
+    app.clientside_callback(  # type: ignore[no-untyped-call]
+        """function(html) {
+            const box = document.getElementById('node-overview-box');
+            if (box && typeof html === 'string') { box.innerHTML = html; }
+            return window.dash_clientside.no_update;
+        }""",
+        Output("node-overview-box", "title"),
+        Input("overview-html", "data"),
+    )
 
     @app.callback(
-        Output("node-overview-box", "children"),
+        Output("overview-html", "data"),
         Output("alerts-firing", "children"),
         Output("alerts-history", "children"),
         Output("panel-keys", "data"),
@@ -455,6 +464,7 @@ def build_app(
         Input("url", "search"),
         State("panel-keys", "data"),
         State("closed-sections", "data"),
+        prevent_initial_call=True,  # after the first chart: the overview is the page's largest answer
     )
     def update_panels(_tick: Any, url: str | None, keys: dict[str, Any] | None, closed: list[str] | None) -> Any:
         keys = dict(keys or {})

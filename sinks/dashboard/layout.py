@@ -8,8 +8,10 @@ Test hooks: sections carry ``data-section`` and ``data-open``; charts ``data-cha
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sinks.dashboard.charts import ChartSpec
 from sinks.dashboard.figures import SECTIONS, X_MODES
 from sinks.dashboard.groups import BANDS, STATS
 from sinks.dashboard.panels import attrs
@@ -23,6 +25,8 @@ PAGE_SECTIONS: Final = (
     ("runs", "Runs and hyperparameters"),
 )
 CHART_HEIGHT: Final = 260
+#: Sections of run charts (each a ``charts-<key>`` grid); the system section holds nodes.
+RUN_SECTIONS: Final = tuple(key for key, _, _ in SECTIONS)
 
 CSS: Final = """
 body { font-family: system-ui, sans-serif; margin: 0; background: #f3f4f6; color: #1f2933; }
@@ -190,25 +194,95 @@ def controls(smoothing: float, default_runs: int, runs: list[str], selected: lis
     )
 
 
-def section(key: str, title: str, *body: Any) -> Any:
+def section(key: str, title: str, *body: Any, closed: bool = False) -> Any:
     from dash import html
 
     return html.Section(
         [html.H2(title, id=f"toggle-{key}"), html.Div(list(body), className="body")],
         id=f"section-{key}",
-        className="fold",
+        className="fold closed" if closed else "fold",
         **attrs({"data-section": key}),
     )
 
 
-def sections() -> list[Any]:
+_TOOLS: Final = (
+    ("log", "log", "log-scale y axis"),
+    ("wide", "⤢", "full width"),
+    ("csv", "csv", "download the shown series as CSV"),
+    ("png", "png", "download a PNG"),
+)
+
+
+def chart_card(spec: ChartSpec, figure: dict[str, Any] | None, flags: list[str]) -> Any:
+    """A chart with its tools; ``figure`` None: an empty axis the first poll fills. A card
+    served with its figure says so (``data-served``): the page starts polling once one is drawn."""
+    from dash import dcc, html
+
+    empty = {"data": [], "layout": {"height": CHART_HEIGHT, "title": {"text": spec.title}}}
+    graph = dcc.Graph(
+        id={"type": "chart", "id": spec.id},
+        figure=figure if figure is not None else empty,
+        config={
+            "displaylogo": False,
+            "responsive": True,
+            "modeBarButtonsToRemove": ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d"],
+        },
+        style={"height": f"{CHART_HEIGHT}px"},
+    )
+    tools = html.Div(
+        [html.Button(label, title=title, **attrs({"data-action": action})) for action, label, title in _TOOLS],
+        className="tools",
+    )
+    hooks = {"data-chart": spec.id, **{f"data-{k}": "true" for k in flags}}
+    if figure is not None:
+        hooks["data-served"] = "true"
+    return html.Div([tools, graph], className=" ".join(["chart", *flags]), **attrs(hooks))
+
+
+def chart_children(
+    specs: list[ChartSpec], figures: dict[str, dict[str, Any]], marked: dict[str, set[str]]
+) -> dict[str, Any]:
+    """Each section's charts (``charts-<key>``'s children; ``system``: a block per opened node),
+    with the ``figures`` given drawn in and the reader's ``marked`` charts (log, wide) kept so."""
+    from dash import html
+
+    by_section: dict[str, list[Any]] = {key: [] for key in RUN_SECTIONS}
+    nodes: dict[str, list[Any]] = {}
+    for spec in specs:
+        flags = [k for k in ("log", "wide") if spec.id in marked.get(k, set())]
+        card = chart_card(spec, figures.get(spec.id), flags)
+        if spec.section == "system":
+            nodes.setdefault(spec.node, []).append(card)
+        else:
+            by_section[spec.section].append(card)
+    empty = html.Div("no metrics yet", className="empty")
+    out: dict[str, Any] = {key: cards or empty for key, cards in by_section.items()}
+    node_blocks = [
+        html.Div([html.H3(f"node {node}"), html.Div(cards, className="grid")], **attrs({"data-node": node}))
+        for node, cards in nodes.items()
+    ]
+    out["system"] = node_blocks or html.Div("click a node's name to open its charts", className="empty")
+    return out
+
+
+def page_order(specs: list[ChartSpec]) -> list[ChartSpec]:
+    """The charts in the order the page lays them out (section by section), which is the order
+    Dash lists them in a callback's ``ALL`` input."""
+    keys = [key for key, _ in PAGE_SECTIONS]
+    return sorted(specs, key=lambda s: keys.index(s.section))
+
+
+def sections(charts: dict[str, Any] | None = None, closed: frozenset[str] = frozenset()) -> list[Any]:
     from dash import dash_table, dcc, html
 
+    charts = charts or {}
     blocks: list[Any] = []
     for key, title in PAGE_SECTIONS:
         if key == "system":
-            overview = dcc.Markdown(id="node-overview-box", children="", dangerously_allow_html=True)
-            body = [overview, html.Div(id="charts-system", className="node-charts")]
+            # the overview is one HTML string, set as innerHTML by a clientside callback: a
+            # Markdown component would parse 64 nodes' rows (~270 KiB) as markdown every refresh
+            overview = html.Div(id="node-overview-box")
+            body = [overview, html.Div(charts.get("system"), id="charts-system", className="node-charts")]
         elif key == "runs":
             table = dash_table.DataTable(  # type: ignore[attr-defined]
                 id="runs-table",
@@ -231,8 +305,8 @@ def sections() -> list[Any]:
             )
             body = [html.Div([html.Div(table), parcoords], className="runs-body")]
         else:
-            body = [html.Div(id=f"charts-{key}", className="grid")]
-        blocks.append(section(key, title, *body))
+            body = [html.Div(charts.get(key), id=f"charts-{key}", className="grid")]
+        blocks.append(section(key, title, *body, closed=key in closed))
     return blocks
 
 
@@ -249,24 +323,40 @@ def alerts_section() -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Served:
+    """What a page is served with, so that its first screen needs no callback: the charts (their
+    first figures drawn in), the cursors of what those figures hold, the header, where the page
+    is (``dcc.Location``'s props, so that it does not announce them as a change) and the
+    sections the reader closed (from the cookie the page keeps beside its local storage)."""
+
+    charts: dict[str, Any] = field(default_factory=dict)
+    chart_ids: list[str] = field(default_factory=list)
+    cursors: dict[str, Any] = field(default_factory=dict)
+    health: Any = None
+    location: dict[str, str] = field(default_factory=dict)
+    closed: frozenset[str] = frozenset()
+
+
 def layout(
     poll_interval: float,
     smoothing: float,
     default_runs: int = DEFAULT_DRAWN,
     runs: list[str] | None = None,
     selected: list[str] | None = None,
+    served: Served | None = None,
 ) -> Any:
-    """The page; ``runs`` and ``selected`` fill the run selector as the page is served, so the
-    first answers already draw charts instead of first choosing runs."""
-    runs, selected = runs or [], selected or []
+    """The page; ``runs`` and ``selected`` fill the run selector as the page is served, and
+    ``served`` its first charts, so the first screen is drawn without a callback."""
+    runs, selected, served = runs or [], selected or [], served or Served()
     from dash import dcc, html
 
     return html.Div(
         [
-            html.Header([html.H1("metricbus"), html.Div(id="health", className="health")]),
+            html.Header([html.H1("metricbus"), html.Div(served.health, id="health", className="health")]),
             controls(smoothing, default_runs, runs, selected),
-            html.Main([alerts_section(), *sections()]),
-            dcc.Location(id="url", refresh=False),
+            html.Main([alerts_section(), *sections(served.charts, served.closed)]),
+            dcc.Location(id="url", refresh=False, **served.location),
             # A poll starts only when the last one has answered (or is long overdue): Dash drops
             # the older answer of a callback that is asked again while in flight, so with a
             # plain Interval and answers slower than it, no answer would ever land.
@@ -274,13 +364,14 @@ def layout(
             dcc.Store(id="tick", data=0),
             dcc.Store(id="ack", data=0),
             dcc.Store(id="ack-seen", data=0),
-            dcc.Store(id="cursors", data={}),
+            dcc.Store(id="cursors", data=served.cursors),
             dcc.Store(id="known-runs", data=runs),
-            dcc.Store(id="chart-ids", data=[]),
+            dcc.Store(id="chart-ids", data=served.chart_ids),
             dcc.Store(id="panel-keys", data={}),
-            dcc.Store(id="closed-sections", data=[], storage_type="local"),
+            dcc.Store(id="closed-sections", data=sorted(served.closed), storage_type="local"),
             dcc.Store(id="chart-options", data={}),
             dcc.Store(id="runs-key", data={}),
             dcc.Store(id="visible-charts", data=None),  # filled by assets/dashboard.js
+            dcc.Store(id="overview-html", data=None),
         ]
     )

@@ -1,4 +1,4 @@
-"""The page's tables: run status and alerts, with ``data-*`` hooks for tests."""
+"""The page's header and tables: bus health, run status and alerts, with ``data-*`` hooks for tests."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from typing import Any, Final
 
 from sinks.dashboard.figures import SEVERITY_COLOURS, STATUS_COLOURS
+from sinks.dashboard.store import Store
 
 
 def age_text(seconds: float | None) -> str:
@@ -17,6 +18,40 @@ def age_text(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def health_row(store: Store, connected_window: float, pending: int) -> list[Any]:
+    """The header: connected, rate, last message's age, drops, gaps, history loading."""
+    from dash import html
+
+    now = time.time()
+    with store.lock:
+        h = store.health
+        age = None if h.last_receipt is None else max(0.0, now - h.last_receipt)
+        connected = age is not None and age <= connected_window
+        rate = h.rate(now)
+        dropped, gaps, missing, undecodable = h.dropped, h.gaps, h.missing, h.undecodable
+    dot = "#2e7d32" if connected else "#c62828"
+    return [
+        html.Span(
+            [html.Span(className="dot", style={"background": dot}), "connected" if connected else "no messages"],
+            id="health-connected",
+            **attrs({"data-connected": "true" if connected else "false"}),
+        ),
+        html.Span(f"{rate:.1f} msg/s", id="health-rate", **attrs({"data-rate": f"{rate:.3f}"})),
+        html.Span(f"last message {age_text(age)} ago", id="health-age"),
+        html.Span(f"dropped {dropped}", id="health-dropped", **attrs({"data-dropped": str(dropped)})),
+        html.Span(
+            f"gaps {gaps} ({missing} lost)" + (f", undecodable {undecodable}" if undecodable else ""),
+            id="health-gaps",
+            **attrs({"data-gaps": str(gaps), "data-missing": str(missing)}),
+        ),
+        html.Span(
+            f"loading history of {pending} source(s)" if pending else "history loaded",
+            id="health-history",
+            **attrs({"data-loading": str(pending)}),
+        ),
+    ]
 
 
 def _fmt(value: Any) -> str:

@@ -17,6 +17,12 @@
       if (trace.visible === "legendonly" || !trace.x || !trace.y) continue;
       const role = (trace.meta && trace.meta.role) || "";
       const name = (trace.meta && trace.meta.series) || trace.name || "";
+      if (trace.z) {   // a heatmap: one row per cell, named by its row (a core)
+        trace.z.forEach((row, i) => row.forEach((z, j) => {
+          lines.push([name + " " + trace.y[i], role, trace.x[j], z].map(csvCell).join(","));
+        }));
+        continue;
+      }
       const n = Math.min(trace.x.length, trace.y.length);
       for (let i = 0; i < n; i++) {
         lines.push([name, role, trace.x[i], trace.y[i]].map(csvCell).join(","));
@@ -59,6 +65,35 @@
     } catch (e) { /* the page is not drawn yet */ }
   }
   setInterval(reportVisible, 300);
+
+  // A page is served with its first charts drawn in (sinks/dashboard/app.py): polls (and with
+  // them the runs table and the node overview, the page's largest answers) start once one of
+  // them is painted, so nothing competes with the first paint. A page served without a chart
+  // starts at once; one whose chart never paints, after FIRST_WAIT_MS.
+  const FIRST_WAIT_MS = 8000;
+  let ready = false;
+  window.metricbusReady = function () {
+    if (ready) return true;
+    if (!document.getElementById("health")) return false;   // the layout is not rendered yet
+    const served = document.querySelectorAll('[data-served="true"]');
+    ready = !served.length || performance.now() > FIRST_WAIT_MS ||
+      Array.from(served).some((card) => {
+        const gd = card.querySelector(".js-plotly-plot");
+        return gd && gd._fullLayout && gd.querySelector(".main-svg");
+      });
+    return ready;
+  };
+  // the first poll as soon as the page is ready, not at the clock's next tick
+  const kick = setInterval(function () {
+    const clientside = window.dash_clientside;
+    if (!clientside || !clientside.set_props || !window.metricbusReady()) return;
+    clearInterval(kick);
+    if (window.metricbusPoll) return;
+    try {
+      window.metricbusPoll = Date.now();
+      clientside.set_props("tick", { data: Date.now() });
+    } catch (e) { window.metricbusPoll = 0; }
+  }, 50);
 
   // The server draws a chart whole again on a control change, and lays cards out again when
   // the set of charts changes: it must know which are log-scaled or wide.

@@ -26,6 +26,8 @@
   }
 
   function poll() {
+    // not before the first chart is painted (assets/dashboard.js): the page was served with it
+    if (window.metricbusReady && !window.metricbusReady()) { wanted = true; return; }
     const started = window.metricbusPoll || 0;
     if (started && Date.now() - started < OVERDUE_MS) { wanted = true; return; }
     try {
