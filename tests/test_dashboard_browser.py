@@ -387,6 +387,15 @@ META_JS = """(id) => {
 }"""
 
 
+HEATMAP_JS = """(id) => {
+  const g = document.querySelector(`[data-chart="${id}"] .js-plotly-plot`);
+  if (g) g.scrollIntoView({block: "nearest"});
+  if (!g || !g.data) return [];
+  return g.data.map(t => ({type: t.type, x: Array.from(t.x || []), y: Array.from(t.y || []),
+                           z: Array.from(t.z || []).map(r => Array.from(r)), cores: t.meta && t.meta.cores}));
+}"""
+
+
 def choose(page: Any, dropdown: str, option: str) -> None:
     """Pick ``option`` in a Dash dropdown as a reader does: open it, click the option."""
     page.click(dropdown)
@@ -494,7 +503,7 @@ def test_runs_table_sorts_by_a_hyperparameter_and_its_rows_select_runs(dashboard
 
 
 def test_node_overview_has_a_row_per_node_and_a_click_opens_that_nodes_charts(dashboard: Dashboard) -> None:
-    """A row per node with its GPUs' cells; a click opens its charts: every core in one chart, GPUs sharing one."""
+    """A row per node with its GPUs' cells; a click opens its charts: the cores as one heatmap, GPUs sharing a chart."""
     page = dashboard.page
     page.wait_for_selector('[data-overview-node="node-big"]')
     nodes = page.eval_on_selector_all("[data-overview-node]", "els => els.map(e => e.dataset.overviewNode)")
@@ -508,7 +517,16 @@ def test_node_overview_has_a_row_per_node_and_a_click_opens_that_nodes_charts(da
     def raw_count(chart: str) -> int:
         return sum(1 for t in page.evaluate(META_JS, chart) if t["meta"].get("role") == "raw" and t["x"])
 
-    wait_until(lambda: raw_count("n:node-big:cpu/per_core_percent") == BIG_CORES, 20, "every core in one chart")
+    def heatmap_rows() -> int:
+        traces = page.evaluate(HEATMAP_JS, "n:node-big:cpu/per_core_percent")
+        return len(traces[0]["z"]) if traces and traces[0]["type"] == "heatmap" and traces[0]["x"] else 0
+
+    wait_until(lambda: heatmap_rows() == BIG_CORES, 20, "every core a row of one heatmap")
+    heatmap = page.evaluate(HEATMAP_JS, "n:node-big:cpu/per_core_percent")[0]
+    assert heatmap["y"] == [str(c) for c in range(BIG_CORES)]
+    assert heatmap["cores"] == BIG_CORES
+    assert all(len(row) == len(heatmap["x"]) for row in heatmap["z"])
+    assert [row[-1] for row in heatmap["z"]] == [float(c) for c in range(BIG_CORES)]  # core c published c %
     wait_until(lambda: raw_count("n:node-big:gpu/util_percent") == BIG_GPUS, 20, "both GPUs in one chart")
     charts = page.eval_on_selector_all("[data-chart]", "els => els.map(e => e.dataset.chart)")
     assert not [c for c in charts if c.startswith("n:") and "/3/" in c]  # no chart per core

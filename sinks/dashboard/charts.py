@@ -40,6 +40,8 @@ from sinks.dashboard.store import NODE, RUN, Series, SourceData, Store
 _REDRAW_FACTOR: Final = 3
 #: At most this many charts per section; the metric search narrows the rest.
 MAX_CHARTS_PER_SECTION: Final = 48
+#: Columns (samples) of a per-core heatmap at most: a 64-core node's chart stays ~25k cells.
+HEATMAP_COLUMNS: Final = 400
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class ChartSpec:
     node: str
     series: tuple[SeriesRef, ...]
     episode: bool
+    heatmap: bool = False  # a node's per-core CPU: cores × time, one row per core
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,11 @@ def chart_specs(store: Store, view: View) -> list[ChartSpec]:
                 families.setdefault(node_family(metric), []).append(metric)
         for family, members in families.items():
             n = len(members)
+            heatmap = family.startswith("cpu/per_core_")
+            if heatmap:  # cores in their numeric order, bottom to top
+                members.sort(key=lambda m: int(m.split("/")[1]))
             refs = tuple(SeriesRef(NODE, node, m, m if n > 1 else node, colour(i, n)) for i, m in enumerate(members))
-            specs.append(ChartSpec(f"n:{node}:{family}", "system", family, node, refs, False))
+            specs.append(ChartSpec(f"n:{node}:{family}", "system", family, node, refs, False, heatmap))
     return specs
 
 
@@ -203,6 +209,49 @@ class Painter:
     def is_grouped(self, spec: ChartSpec) -> bool:
         return self.view.grouped and spec.section != "system"
 
+    def whole_only(self, spec: ChartSpec) -> bool:
+        """Drawn whole each time (no cheap increment): a group chart or a heatmap."""
+        return spec.heatmap or self.is_grouped(spec)
+
+    def whole(self, spec: ChartSpec) -> dict[str, Any]:
+        return self.heatmap(spec) if spec.heatmap else self.grouped(spec)
+
+    def heatmap(self, spec: ChartSpec) -> dict[str, Any]:
+        """Every core of a node as a row of cells over time (a node samples its cores together,
+        so the rows share their timestamps): 64 cores read at a glance, where 64 lines do not."""
+        rows: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+        for ref in spec.series:
+            series = self._series(ref)
+            rows.append(series.arrays() if series is not None else (np.empty(0), np.empty(0), np.empty(0)))
+        x_mode = self._x_mode(spec)
+        n = min((len(values) for _, _, values in rows), default=0)
+        if n == 0:
+            traces: list[dict[str, Any]] = []
+        else:
+            # the last n samples of every core, thinned evenly to at most HEATMAP_COLUMNS
+            picked = np.unique(np.linspace(0, n - 1, min(n, HEATMAP_COLUMNS)).round().astype(np.int64))
+            step, ts, _ = rows[0]
+            x = x_values(step[-n:], ts[-n:], x_mode, self._origin(spec.series[0]))[picked]
+            z = [plain(np.round(values[-n:][picked], 1)) for _, _, values in rows]
+            cores = [ref.metric.split("/")[1] for ref in spec.series]
+            traces = [
+                {
+                    "type": "heatmap",
+                    "x": plain(x),
+                    "y": cores,
+                    "z": z,
+                    "zmin": 0,
+                    "zmax": 100,
+                    "colorscale": "Viridis",
+                    "colorbar": {"thickness": 8, "len": 0.9, "title": {"text": "%"}},
+                    "hovertemplate": "core %{y}<br>%{x}<br>%{z:.0f}%<extra></extra>",
+                    "meta": {"role": "heatmap", "series": spec.title, "cores": len(cores)},
+                }
+            ]
+        fig = figure(spec.title, traces, x_mode, spec.id)
+        fig["layout"]["yaxis"] = {"type": "category", "title": {"text": "core"}, "nticks": 9}
+        return fig
+
     def grouped(self, spec: ChartSpec) -> dict[str, Any]:
         """The chart with the view's runs as groups: centre line and band per group, and the
         members' own lines when asked for. Smoothing and the x mode apply to every member."""
@@ -235,8 +284,8 @@ class Painter:
 
     def full(self, spec: ChartSpec, webgl: bool = False) -> tuple[dict[str, Any], dict[str, list[float]]]:
         """The whole figure and the cursors of its series."""
-        if self.is_grouped(spec):
-            return self.grouped(spec), {}
+        if self.whole_only(spec):
+            return self.whole(spec), {}
         traces: list[dict[str, Any]] = []
         cursors: dict[str, list[float]] = {}
         x_mode = self._x_mode(spec)
@@ -277,7 +326,7 @@ class Painter:
         ``Plotly.extendTraces`` (append and redraw) where a figure ``Patch`` would make it
         ``Plotly.react`` the whole figure, diffing every point it holds, on every poll.
         """
-        if self.is_grouped(spec):
+        if self.whole_only(spec):
             return None
         x_mode = self._x_mode(spec)
         xs: list[list[float | None]] = []

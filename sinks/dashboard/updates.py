@@ -15,11 +15,12 @@ from sinks.dashboard.store import Store
 
 #: Charts drawn with WebGL at most (Chromium keeps 16 WebGL contexts per page).
 MAX_WEBGL_CHARTS: Final = 8
-#: A group chart (mean and band over its members) is recomputed at most this often: it has
-#: no cheap increment, and a band that moves every few seconds reads as well as a live one.
+#: A group chart (mean and band over its members) or a per-core heatmap is recomputed at most
+#: this often: it has no cheap increment, and a band or a heatmap that moves every few seconds
+#: reads as well as a live one.
 GROUP_REFRESH: Final = 3.0
-#: Group charts drawn per poll at most: the others wait for the next polls, so one poll
-#: never carries every group chart of a page (which over a sweep is seconds of work).
+#: Such charts drawn per poll at most: the others wait for the next polls, so one poll never
+#: carries every group chart of a page (which over a sweep is seconds of work).
 GROUP_CHARTS_PER_POLL: Final = 3
 #: Charts drawn when the page has not yet said which are on screen (the first screen's).
 FIRST_DRAWN: Final = 8
@@ -86,7 +87,7 @@ def chart_updates(
                 out.extends.append(None)
                 continue
             keys = [r.key for r in spec.series]
-            if painter.is_grouped(spec):
+            if painter.whole_only(spec):
                 mark = _group_mark(painter, spec)
                 due = grouped_drawn < GROUP_CHARTS_PER_POLL and (
                     known is None
@@ -94,7 +95,7 @@ def chart_updates(
                     or (known.get("mark") != mark and now - float(known.get("at", 0.0)) >= GROUP_REFRESH)
                 )
                 grouped_drawn += int(due)
-                out.figures.append(_with_axis(painter.grouped(spec), chart_id in log_charts) if due else None)
+                out.figures.append(_with_axis(painter.whole(spec), chart_id in log_charts) if due else None)
                 out.extends.append(None)
                 if due:
                     out.redrawn[chart_id] = {"keys": keys, "series": {}, "gl": False, "mark": mark, "at": now}
@@ -124,6 +125,6 @@ def chart_updates(
 
 def _with_axis(fig: dict[str, Any], log: bool) -> dict[str, Any]:
     """A chart the reader switched to a log y axis stays so when it is drawn whole again."""
-    if log:
+    if log and fig["layout"].get("yaxis", {}).get("type") != "category":  # a heatmap's rows stay as they are
         fig["layout"]["yaxis"] = {**fig["layout"].get("yaxis", {}), "type": "log"}
     return fig
