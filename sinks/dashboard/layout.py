@@ -218,7 +218,10 @@ def chart_card(spec: ChartSpec, figure: dict[str, Any] | None, flags: list[str])
     served with its figure says so (``data-served``): the page starts polling once one is drawn."""
     from dash import dcc, html
 
-    empty = {"data": [], "layout": {"height": CHART_HEIGHT, "title": {"text": spec.title}}}
+    # axes hidden until the first figure: an empty chart then costs Plotly no ticks or grid to draw
+    hidden = {"visible": False}
+    title = {"text": spec.title}
+    empty = {"data": [], "layout": {"height": CHART_HEIGHT, "title": title, "xaxis": hidden, "yaxis": hidden}}
     graph = dcc.Graph(
         id={"type": "chart", "id": spec.id},
         figure=figure if figure is not None else empty,

@@ -120,7 +120,7 @@
     if (!button) return;
     const card = button.closest("[data-chart]");
     const gd = card && card.querySelector(".js-plotly-plot");
-    if (!gd || !window.Plotly) return;
+    if (!gd || !window.Plotly || !window.Plotly.relayout) return;
     const chartId = card.dataset.chart;
     const action = button.dataset.action;
     if (action === "log") {
