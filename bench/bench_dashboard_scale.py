@@ -287,7 +287,7 @@ MILESTONES_JS = """(() => {
           long.push([Math.round(e.startTime), Math.round(e.duration)]); })
         .observe({type: 'longtask', buffered: true}); } catch (e) {}
   const checks = {
-    plotly_defined: () => !!window.Plotly,
+    plotly_defined: () => !!(window.Plotly && window.Plotly.newPlot),
     renderer_started: () => !!document.querySelector('#react-entry-point > *:not(._dash-loading)'),
     chart_card: () => !!document.querySelector('[data-chart]'),
     plotly_graph: () => !!document.querySelector('.js-plotly-plot'),
