@@ -435,8 +435,9 @@ def split_report(result: dict[str, Any]) -> str:
     ]
     origin = split["origin"] / 1000
     updates = [r for r in resources if "_dash-update-component" in r["name"]]
-    calls = sorted(result.get("first_callbacks", []), key=lambda r: r[3])
-    lines.append(f"      callbacks answered before it: {len(updates)} (server time, output):")
+    painted = origin + result["paint_page_ms"] / 1000
+    calls = sorted((r for r in result.get("first_callbacks", []) if r[3] < painted), key=lambda r: r[3])
+    lines.append(f"      callbacks asked before it: {len(updates)} (server time, output):")
     for r in calls[:12]:
         at = 1000 * (r[3] - origin)
         lines.append(f"        at {at:6.0f} ms: {1000 * r[1]:6.1f} ms, {r[2] / 1024:7.1f} KiB  {r[0][:90]}")
