@@ -1,5 +1,6 @@
 """The Dash app over a :class:`~sinks.dashboard.store.Store`, put together: the page as served
-(:mod:`sinks.dashboard.served`, laid out by :mod:`sinks.dashboard.layout`) and its callbacks —
+(:mod:`sinks.dashboard.served`, laid out by :mod:`sinks.dashboard.layout`, its charts'
+cards by :mod:`sinks.dashboard.cards`) and its callbacks —
 in the browser (:mod:`~sinks.dashboard.browser_callbacks`), which runs are drawn
 (:mod:`~sinks.dashboard.run_callbacks`), the charts (:mod:`~sinks.dashboard.chart_callbacks`;
 which charts exist and how they are drawn, :mod:`sinks.dashboard.charts`; what a poll sends,

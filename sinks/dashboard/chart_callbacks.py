@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from sinks.dashboard.cards import chart_children
 from sinks.dashboard.charts import chart_specs, warm_search
-from sinks.dashboard.layout import RUN_SECTIONS, chart_children
+from sinks.dashboard.layout import RUN_SECTIONS
 from sinks.dashboard.panels import valid_regex
 from sinks.dashboard.store import Store
 from sinks.dashboard.updates import chart_updates

@@ -10,8 +10,9 @@ import time
 import urllib.parse
 from typing import Any, Final
 
+from sinks.dashboard.cards import chart_children, page_order
 from sinks.dashboard.charts import chart_specs
-from sinks.dashboard.layout import PAGE_SECTIONS, Served, chart_children, layout, page_order
+from sinks.dashboard.layout import PAGE_SECTIONS, Served, layout
 from sinks.dashboard.panels import health_row
 from sinks.dashboard.runs import recent_runs
 from sinks.dashboard.store import Store
