@@ -33,7 +33,10 @@ def request_state() -> tuple[frozenset[str], dict[str, str]]:
         return frozenset(), {}
     request = flask.request
     keys = {key for key, _ in PAGE_SECTIONS}
-    cookie = request.cookies.get(CLOSED_COOKIE + request.host.rpartition(":")[2], "")
+    host, _, port = request.host.rpartition(":")
+    if not host or port.endswith("]"):  # no port in the URL (an IPv6 host ends with "]"): location.port is ""
+        port = ""
+    cookie = request.cookies.get(CLOSED_COOKIE + port, "")
     closed = frozenset(k for k in cookie.split(",") if k in keys)
     referrer = request.referrer or ""
     parts = urllib.parse.urlsplit(referrer)
