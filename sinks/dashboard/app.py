@@ -60,8 +60,12 @@ def build_app(
     # update_title=None: no "Updating..." flicker in the tab title on every poll (Dash's documented
     # way; its stubs only say str)
     # the Plotly bundle is not one of the page's automatic assets: it is loaded below, deferred
-    app = Dash(  # type: ignore[arg-type]
-        __name__, title="metricbus", update_title=None, serve_locally=True, assets_ignore=re.escape(PLOTLY_BUNDLE)
+    app = Dash(
+        __name__,
+        title="metricbus",
+        update_title=None,  # type: ignore[arg-type]
+        serve_locally=True,
+        assets_ignore=re.escape(PLOTLY_BUNDLE),
     )
     # Plotly is our partial bundle (plotly_bundle/: the four trace types drawn, 1.5 MB, evaluated
     # in ~0.2 s where the full 4.8 MB one takes ~1.3 s on this kind of CPU). It is fetched from
