@@ -44,6 +44,8 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_message import DATA  # noqa: E402  (bench/ is the script's own folder)
+
 from bus.broker import Broker  # noqa: E402 - after the path fix, so the bench runs from a checkout
 from bus.config import BrokerConfig  # noqa: E402
 from bus.publisher import Publisher  # noqa: E402
@@ -51,17 +53,6 @@ from bus.testing import free_port  # noqa: E402  (after the path tweak)
 from sinks.jsonl_files import read_records  # noqa: E402
 
 HWM = 1_000_000
-#: An SB3-like metrics dump: what a training loop publishes most.
-DATA: dict[str, Any] = {
-    "train/value_loss": 0.4123,
-    "train/policy_gradient_loss": -0.0123,
-    "train/entropy_loss": -0.6812,
-    "train/approx_kl": 0.0042,
-    "train/clip_fraction": 0.083,
-    "train/learning_rate": 0.0003,
-    "rollout/ep_rew_mean": 187.5,
-    "time/fps": 2011,
-}
 
 
 def endpoints() -> tuple[str, str]:

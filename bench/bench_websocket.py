@@ -40,19 +40,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bus.publisher import Publisher  # noqa: E402
+from bench_message import DATA  # noqa: E402
 
-#: An SB3-like metrics dump, as bench_bus.py publishes.
-DATA: dict[str, Any] = {
-    "train/value_loss": 0.4123,
-    "train/policy_gradient_loss": -0.0123,
-    "train/entropy_loss": -0.6812,
-    "train/approx_kl": 0.0042,
-    "train/clip_fraction": 0.083,
-    "train/learning_rate": 0.0003,
-    "rollout/ep_rew_mean": 187.5,
-    "time/fps": 1432,
-}
+from bus.publisher import Publisher  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -24,8 +24,9 @@ STEPS = 6
 NAN_AT = STEPS - 1  # the last step: a NaN gradient averaged into the weights ends the useful run anyway
 
 
-def torchrun(out: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [
+def torchrun_argv(out: Path, *args: str) -> list[str]:
+    """``torchrun --nproc_per_node=2`` of tests/ddp_train.py on loopback, writing to ``out``."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -36,8 +37,11 @@ def torchrun(out: Path, env: dict[str, str], *args: str) -> subprocess.Completed
         str(out),
         *args,
     ]
+
+
+def torchrun(out: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     env = {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    return subprocess.run(torchrun_argv(out, *args), env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
 
 
 def only_run(root: Path) -> str:
@@ -121,20 +125,7 @@ def test_sigterm_to_rank_0_ends_the_run_once_and_still_kills_it(stack: Stack, tm
     out = tmp_path / "out"
     out.mkdir()
     env = {**stack.env, "METRICBUS_RUN": "ddp-sigterm-1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    argv = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(REPO / "tests" / "ddp_train.py"),
-        str(out),
-        "--steps",
-        str(STEPS),
-        "--pause-at",
-        "2",
-    ]
+    argv = torchrun_argv(out, "--steps", str(STEPS), "--pause-at", "2")
     with subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as job:
         try:
             pid_file = out / "rank0.pid"
