@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_message import DATA  # noqa: E402  (bench/ is the script's own folder)
+from bench_raw import DATA, raw_proxy  # noqa: E402  (bench/ is the script's own folder)
 
 from bus.broker import Broker  # noqa: E402 - after the path fix, so the bench runs from a checkout
 from bus.config import BrokerConfig  # noqa: E402
@@ -120,18 +120,6 @@ def bench_publish_cost(calls: int, rounds: int) -> tuple[float, float]:
 # -- 2. raw reference: PUB -> zmq.proxy -> SUB, one process each ----------------------------------
 
 
-def _raw_proxy(frontend: str, backend: str, ready: Any) -> None:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    xsub, xpub = context.socket(zmq.XSUB), context.socket(zmq.XPUB)
-    xsub.setsockopt(zmq.RCVHWM, HWM)
-    xpub.setsockopt(zmq.SNDHWM, HWM)
-    xsub.bind(frontend)
-    xpub.bind(backend)
-    ready.set()
-    with suppress(zmq.ContextTerminated, KeyboardInterrupt):
-        zmq.proxy(xsub, xpub)
-
-
 def _raw_sub(backend: str, expected: int, warmed: Any, out: Any, latency: bool) -> None:
     """Receive ``expected`` messages (or until ``metrics/stop``); report (count, ns of the last, latencies,
     this process's CPU seconds while receiving, all threads as for the sink)."""
@@ -168,7 +156,7 @@ def raw_path(expected: int, latency: bool = False) -> Iterator[tuple[zmq.Socket[
     spawn = mp.get_context("spawn")
     frontend, backend = endpoints()
     proxy_ready, warmed, out = spawn.Event(), spawn.Event(), spawn.Queue()
-    proxy = spawn.Process(target=_raw_proxy, args=(frontend, backend, proxy_ready), daemon=True)
+    proxy = spawn.Process(target=raw_proxy, args=(frontend, backend, proxy_ready, HWM), daemon=True)
     proxy.start()
     proxy_ready.wait(30)
     sub = spawn.Process(target=_raw_sub, args=(backend, expected, warmed, out, latency), daemon=True)

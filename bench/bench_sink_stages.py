@@ -34,11 +34,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from bench_message import DATA  # bench/ is the script's own folder; it imports nothing of the project
+from bench_raw import DATA, raw_proxy  # bench/ is the script's own folder; it imports nothing of the project
 
 HWM = 1_000_000
 
@@ -47,20 +46,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _proxy(tree: str, frontend: str, backend: str, ready: Any) -> None:
-    import zmq
-
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    xsub, xpub = context.socket(zmq.XSUB), context.socket(zmq.XPUB)
-    xsub.setsockopt(zmq.RCVHWM, HWM)
-    xpub.setsockopt(zmq.SNDHWM, HWM)
-    xsub.bind(frontend)
-    xpub.bind(backend)
-    ready.set()
-    with suppress(zmq.ContextTerminated, KeyboardInterrupt):
-        zmq.proxy(xsub, xpub)
 
 
 def _publish(tree: str, frontend: str, n: int, nan: bool) -> None:
@@ -82,7 +67,7 @@ def _fed(tree: str, n: int, consume: Callable[[str], float]) -> float:
     frontend, backend = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     _FRONTENDS[backend] = frontend  # where the publisher process connects
     ready = spawn.Event()
-    proxy = spawn.Process(target=_proxy, args=(tree, frontend, backend, ready), daemon=True)
+    proxy = spawn.Process(target=raw_proxy, args=(frontend, backend, ready, HWM), daemon=True)
     proxy.start()
     try:
         ready.wait(30)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_message import DATA  # noqa: E402
+from bench_raw import DATA  # noqa: E402
 
 from bus.publisher import Publisher  # noqa: E402
 
