@@ -259,7 +259,9 @@ def test_a_point_published_now_is_drawn_without_reloading(
     assert trace["y"][trace["x"].index(step)] == pytest.approx(0.123)
 
 
-def test_the_page_draws_with_the_partial_plotly_bundle_alone(stack: DashboardStack, browser: Any) -> None:
+def test_the_page_draws_with_the_partial_plotly_bundle_alone(
+    stack: DashboardStack, publishers: dict[str, Publisher], browser: Any
+) -> None:
     """Only plotly_bundle/'s Plotly is fetched, and every trace type the page draws is registered in it."""
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.set_default_timeout(30_000)
@@ -270,7 +272,13 @@ def test_the_page_draws_with_the_partial_plotly_bundle_alone(stack: DashboardSta
         view = Dashboard(page)
         view.wait_points("m:train/loss", "ppo-a", lambda t: 1990 in t["x"], 30, "the training chart")
         page.click('[data-overview-node="node-big"] a.node-link')  # the per-core heatmap
-        page.wait_for_selector('[data-node="node-big"] .js-plotly-plot .hm')
+
+        def heatmap_drawn() -> bool:
+            # its figure has come (the layer alone may exist, hidden, before the first one)
+            traces = page.evaluate(HEATMAP_JS, "n:node-big:cpu/per_core_percent")
+            return bool(traces and traces[0]["type"] == "heatmap" and traces[0]["x"])
+
+        wait_until(heatmap_drawn, 30, "the per-core heatmap")
         registered, drawn = page.evaluate(
             """() => [Object.keys(Plotly.PlotSchema.get().traces),
                       [...document.querySelectorAll('.js-plotly-plot')]
