@@ -115,7 +115,9 @@ def train_supervised(seed: int, steps: int, fault: str | None, fault_at: int, ru
         torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    publisher = Publisher(endpoint, run=run, heartbeat_interval=1.0)
+    # the suite's runs start on the bus: a run killed early while its messages still waited for
+    # the broker's subscription (a slow start on a loaded machine) would never have been seen
+    publisher = Publisher(endpoint, run=run, heartbeat_interval=1.0, connect_timeout=60.0)
     publisher.event("run_started", 0, config={"algorithm": "supervised-mlp", "seed": seed})
     monitor = GradientMonitor(model, optimizer, publisher=publisher, every=5)
     status, error = "completed", None
@@ -132,7 +134,7 @@ def train_supervised(seed: int, steps: int, fault: str | None, fault_at: int, ru
                 elif fault == "freeze":
                     heartbeat_forever(publisher)
                 elif fault == "kill":
-                    kill_self()
+                    kill_self(publisher)
             x = torch.randn(64, 16)
             with torch.no_grad():
                 y = teacher(x)
