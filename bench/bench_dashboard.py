@@ -36,11 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 from bus.message import Message  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]  # fmt: skip
 RUNS = 10
 METRICS = 20
 
@@ -144,7 +143,7 @@ def part_server(points: int, polls: int) -> dict[str, Any]:
 
     results: dict[int, dict[str, Any]] = {}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         # tall enough that every chart is on or near the screen: the page sends points only to those
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.set_default_timeout(120_000)
@@ -225,7 +224,7 @@ def part_latency(count: int, websocket: bool = False) -> dict[str, Any]:
         pub = Publisher(stack.frontend, run="lat")
         try:
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page()
                 page.set_default_timeout(30_000)
                 page.goto(f"http://127.0.0.1:{port}")

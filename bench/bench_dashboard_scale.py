@@ -45,20 +45,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import free_port, wait_until  # noqa: E402
+from support import CHROMIUM, CHROMIUM_ARGS, free_port, wait_until  # noqa: E402
 
 from bus.publisher import Publisher  # noqa: E402
 
 BASE_COMMIT = "7318d66"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = ROOT / "artifacts"
 #: A sink process: the dashboard of the code under ``sys.path[0]``, with Flask hooks that
 #: record each callback's server time and response bytes, served at /_bench.
@@ -567,7 +558,7 @@ def main() -> int:
                 )
                 time.sleep(args.warmup)
                 with sync_playwright() as playwright:
-                    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                     for dash in dashboards:
                         if dash.name not in args.pages.split(","):
                             continue
@@ -589,7 +580,7 @@ def main() -> int:
                 try:
                     dashboards = [Dashboard(name, code, backend, demo, workdir) for name, code in codes.items()]
                     with sync_playwright() as playwright:
-                        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+                        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                         print(
                             f"demo ({args.demo_timesteps:,} steps × 2 PPO runs, from its JSONL logs), 1400×900,"
                             " every section open:"

@@ -23,6 +23,17 @@ from sinks.jsonl_files import read_records, run_dir
 __all__ = ["REPO", "Stack", "free_port", "records", "wait_until"]
 
 REPO = Path(__file__).resolve().parent.parent
+#: Debian's Chromium, and the flags it runs headless with on these machines (never a downloaded
+#: browser: `playwright install` cannot reach its servers here)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def records(root: Path, run: str, kind: str) -> list[dict[str, Any]]:

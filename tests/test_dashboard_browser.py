@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, Stack, free_port, wait_until
+from support import CHROMIUM, CHROMIUM_ARGS, REPO, Stack, free_port, wait_until
 
 from bus.message import Message
 from bus.publisher import Publisher
@@ -25,15 +25,6 @@ from sinks.jsonl import JsonlSink
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 HISTORY_STEPS = 5000
 #: A small sweep: (run, learning rate); ``(.*)-seed\d+`` groups it into 3 + 2 runs.
 SWEEP = (("sweep-lr1-seed0", 1e-3), ("sweep-lr1-seed1", 1e-3), ("sweep-lr1-seed2", 1e-3),
@@ -205,7 +196,7 @@ def publishers(stack: DashboardStack) -> Iterator[dict[str, Publisher]]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Stack, wait_until
+from support import CHROMIUM, CHROMIUM_ARGS, Stack, wait_until
 
 from bus.publisher import Publisher
 
@@ -20,7 +20,6 @@ pytest.importorskip("plotly", reason="reports need the dashboard extra")
 
 EPISODES = 37
 STEPS = 1500
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +98,7 @@ def test_html_report_is_self_contained_and_renders_its_charts(finished_run: Path
     html = output.read_text()
     assert "<script src=" not in html  # nothing fetched: it opens offline
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             requests: list[str] = []

@@ -18,15 +18,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from support import REPO, free_port, wait_until
+from support import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, wait_until
 
 from bus.message import Message
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]  # fmt: skip
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
@@ -45,7 +42,7 @@ def msg(kind: str, run: str, data: dict[str, Any], step: int) -> Message:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
-        b = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
