@@ -28,7 +28,16 @@ import zmq
 
 from bus.bounded import Recent
 from bus.curve import CurveKeys, client_keys
-from bus.message import CONTROL_PREFIX, KINDS, MAX_PAYLOAD_BYTES, DecodeError, Message, decode, default_node
+from bus.message import (
+    CONTROL_PREFIX,
+    KINDS,
+    MAX_PAYLOAD_BYTES,
+    DecodeError,
+    Message,
+    decode,
+    decode_pair,
+    default_node,
+)
 
 log = logging.getLogger("metricbus.subscriber")
 
@@ -324,7 +333,9 @@ class SinkRunner:
         """Receive up to a batch without blocking; True if ``probe`` was among the frames."""
         # The sink's hot loop: locals instead of attribute lookups, and frames received
         # without copy because a Frame carries ``more``, which spares a getsockopt(RCVMORE)
-        # per frame (recv_multipart's way); ``.bytes`` then copies the content once.
+        # per frame (recv_multipart's way); ``.bytes`` then copies the content once. A
+        # two-frame message goes straight to decode_pair: no list, no probe test (a probe
+        # never decodes: its topic is not ``kind/source``), 0.4 µs a message (issue 15).
         saw_probe = False
         recv, noblock = sub.recv, int(zmq.NOBLOCK)  # a plain int: pyzmq's Flag enum is slow to convert
         max_bytes, batch_size = self.max_bytes, self.batch_size
@@ -337,21 +348,35 @@ class SinkRunner:
                     frame = recv(noblock, copy=False)
                 except zmq.Again:
                     break
-                frames = [frame.bytes]
-                while frame.more:  # a multipart message arrives whole: the rest is already here
+                topic = frame.bytes
+                error: DecodeError | None = None
+                if frame.more:
                     frame = recv(noblock, copy=False)
-                    frames.append(frame.bytes)
-                if frames[0].startswith(_PROBE_PREFIX):
+                    payload = frame.bytes
+                    if not frame.more:  # [topic, payload], the v1 shape
+                        try:
+                            append(decode_pair(topic, payload, max_bytes))
+                            received += 1
+                            continue
+                        except DecodeError as exc:
+                            error = exc
+                    frames = [topic, payload]
+                    while frame.more:  # a multipart message arrives whole: the rest is already here
+                        frame = recv(noblock, copy=False)
+                        frames.append(frame.bytes)
+                else:
+                    frames = [topic]
+                if topic.startswith(_PROBE_PREFIX):
                     # every sink's probes pass through sinks subscribed to everything: not data
-                    saw_probe = saw_probe or frames[0] == probe
+                    saw_probe = saw_probe or topic == probe
                     continue
                 received += 1
-                try:
-                    message = decode(frames, max_bytes)
-                except DecodeError as exc:
-                    self._undecodable(str(exc), pending)
-                    continue
-                append(message)
+                if error is None:
+                    try:
+                        decode(frames, max_bytes)  # not two frames: raises, saying so
+                    except DecodeError as exc:
+                        error = exc
+                self._undecodable(str(error), pending)
         finally:
             self.stats.received += received
         if self._tracks_gaps and len(pending) > start:

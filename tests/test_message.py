@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ from bus.message import (
     check_run_id,
     decode,
     encode,
+    message_packer,
     pack,
     packer,
 )
@@ -266,3 +268,45 @@ def test_a_reused_packer_recovers_after_an_encode_error() -> None:
         with pytest.raises(EncodeError):
             reuse(payload(data=bad))
         assert reuse(good) == pack(good)
+
+
+#: What message_packer is given in practice and at the edges: its fast path (a flat map of plain
+#: values) and everything it must leave to msgpack's packer (numpy, nesting, non-dict maps).
+PACKER_CORPUS: dict[str, dict[str, Any]] = {
+    "sb3 dump": {"train/value_loss": 0.4123, "time/fps": 2011, "rollout/ep_rew_mean": 187.5},
+    "non-finite": {"nan": math.nan, "inf": math.inf, "-inf": -math.inf},
+    "plain scalars": {"s": "é ✓ \n", "t": True, "f": False, "none": None, "tiny": 1e-05, "sum": 0.1 + 0.2},
+    "int edges": {
+        str(i): i for i in (0, 127, 128, -32, -33, 255, 256, 65535, 2**32, 2**63 - 1, 2**63, 2**64 - 1, -(2**63))
+    },
+    "string lengths": {str(n): "x" * n for n in (0, 31, 32, 255, 256, 65536)},
+    "numpy": {"f32": np.float32(0.5), "i64": np.int64(3), "b": np.bool_(True)},
+    "nested": {"hp": {"lr": 3e-4, "layers": [64, 64]}, "t": (1, 2)},
+    "empty": {},
+}
+
+
+@pytest.mark.parametrize("case", sorted(PACKER_CORPUS))
+@pytest.mark.parametrize("step", [None, 7, np.int64(7)])
+def test_message_packer_writes_what_pack_writes(case: str, step: Any) -> None:
+    """The publisher's packer (msgspec for flat plain maps) gives pack()'s bytes, byte for byte."""
+    data = PACKER_CORPUS[case]
+    fields = ("metrics", "ppo-1", "n1", "n1:1:abc", 5, 1700000000.5, step, data)
+    expected = pack(payload(seq=5, step=step, data=data))
+    assert message_packer()(*fields) == expected
+    assert message_packer()(*fields[:6], step, dict(data)) == expected  # a copy: no identity tricks
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"when": datetime.datetime(2026, 1, 1)}, "datetime"),  # msgspec alone would write an extension
+        ({"ids": {1, 2}}, "set"),
+        ({"big": 2**64}, "int"),
+        ({"s": "\ud800"}, "surrogate"),
+    ],
+)
+def test_message_packer_refuses_what_pack_refuses(data: dict[str, Any], match: str) -> None:
+    """Values msgpack refuses are refused (EncodeError), not written in msgspec's own way."""
+    with pytest.raises(EncodeError, match=match):
+        message_packer()("metrics", "ppo-1", "n1", "n1:1:abc", 0, 1.0, None, data)

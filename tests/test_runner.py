@@ -149,6 +149,31 @@ def test_undecodable_frames_are_counted_noted_and_skipped(caplog: pytest.LogCapt
     assert 1 <= len(logged) <= 3, "the log is rate-limited, not one line per frame"
 
 
+@pytest.mark.parametrize(
+    ("frames", "error"),
+    [
+        ([b"metrics/r"], "expected 2 frames [topic, payload], got 1"),
+        ([b"metrics/r", pack({"v": 1}), b"third"], "expected 2 frames [topic, payload], got 3"),
+        ([b"metrics/r", b"\xc1"], "payload is not msgpack"),
+        ([b"\x00probe/not-ours", b"x", b"y"], None),  # any sink's probe, whatever its shape: not data
+    ],
+)
+def test_an_undecodable_frame_is_noted_with_what_is_wrong(frames: list[bytes], error: str | None) -> None:
+    """The note says why a message was refused, for each shape the receive loop tells apart."""
+    with inproc_bus() as (config, sink), raw_frontend_socket(config.frontend) as raw:
+        raw.send_multipart(frames)
+        raw.send_multipart(wire(0))
+        wait_until(lambda: sink.sink.of_kind("metrics"), 10, "the good message after it")
+        if error is not None:
+            wait_until(lambda: sink.sink.notes("undecodable"), 10, "the undecodable note")
+    notes = sink.sink.notes("undecodable")
+    if error is None:
+        assert notes == [] and sink.runner.stats.received == 1
+    else:
+        assert sink.runner.stats.undecodable == 1 and sink.runner.stats.received == 2
+        assert error in notes[0].data["error"]
+
+
 def test_a_sink_without_bus_topics_gets_no_notes() -> None:
     """Notes go only to sinks that subscribe to bus/; others just see their data."""
     with inproc_bus(topics=["metrics/"]) as (config, sink), raw_frontend_socket(config.frontend) as raw:
