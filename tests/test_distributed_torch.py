@@ -192,9 +192,9 @@ def test_sigterm_inside_a_publish_ends_the_run_through_a_new_publisher(stack: St
         assert job.publisher is not None
         pack = job.publisher._pack
 
-        def pack_then_signal(obj: Any) -> bytes:  # runs inside publish(), under the publisher's lock
+        def pack_then_signal(*fields: Any) -> bytes:  # runs inside publish(), under the publisher's lock
             signal.raise_signal(signal.SIGTERM)
-            return pack(obj)
+            return pack(*fields)
 
         job.publisher._pack = pack_then_signal
         job.metrics({"train/loss": 1.0}, 3)
