@@ -12,27 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
-from test_alerts_rules import Feed
 
 from alerts import load_rules
 from alerts.diagnosis import diagnose
 from alerts.loading import Where
 from alerts.notifiers import alert_text
 from bus.config import ConfigError
-
-
-@pytest.fixture
-def feed() -> Any:
-    made: list[Feed] = []
-
-    def make(*rules: dict[str, Any], **options: Any) -> Feed:
-        made.append(Feed(list(rules), **options))
-        return made[-1]
-
-    yield make
-    for f in made:
-        f.close()
-
 
 ANOMALY = {"name": "spike", "kind": "anomaly", "select": {"metric": "g"}, "window": 20, "min_samples": 10}
 
