@@ -44,7 +44,7 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_raw import DATA, raw_proxy  # noqa: E402  (bench/ is the script's own folder)
+from bench_raw import DATA, raw_proxy, raw_sub  # noqa: E402  (bench/ is the script's own folder)
 
 from bus.broker import Broker  # noqa: E402 - after the path fix, so the bench runs from a checkout
 from bus.config import BrokerConfig  # noqa: E402
@@ -124,11 +124,7 @@ def _raw_sub(backend: str, expected: int, warmed: Any, out: Any, latency: bool) 
     """Receive ``expected`` messages (or until ``metrics/stop``); report (count, ns of the last, latencies,
     this process's CPU seconds while receiving, all threads as for the sink)."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sub = context.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, HWM)
-    sub.setsockopt(zmq.SUBSCRIBE, b"metrics/")
-    sub.setsockopt(zmq.RCVTIMEO, 30_000)
-    sub.connect(backend)
+    sub = raw_sub(context, backend, b"metrics/", HWM, timeout_ms=30_000)
     count, last, lat = 0, 0, []
     cpu = time.process_time()
     try:

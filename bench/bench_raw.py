@@ -24,6 +24,19 @@ DATA: dict[str, Any] = {
 }
 
 
+def raw_sub(
+    context: zmq.Context[zmq.Socket[bytes]], backend: str, topic: bytes, hwm: int, timeout_ms: int = -1
+) -> zmq.Socket[bytes]:
+    """The raw reference's SUB: subscribed to ``topic`` on ``backend``, a ``hwm``-deep queue, and
+    ``recv`` raising ``zmq.Again`` after ``timeout_ms`` (-1: waits) so a stalled path fails the bench."""
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, hwm)
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.setsockopt(zmq.RCVTIMEO, timeout_ms)
+    sub.connect(backend)
+    return sub
+
+
 def raw_proxy(frontend: str, backend: str, ready: Any, hwm: int) -> None:
     """``zmq.proxy`` between a bound XSUB and XPUB (a process's target); sets ``ready`` once bound."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()

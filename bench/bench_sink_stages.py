@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_raw import DATA, raw_proxy  # bench/ is the script's own folder; it imports nothing of the project
+from bench_raw import DATA, raw_proxy, raw_sub  # bench/ is the script's own folder; it imports nothing of the project
 
 HWM = 1_000_000
 
@@ -84,11 +84,7 @@ def receive_stage(tree: str, n: int) -> tuple[float, list[list[bytes]]]:
 
     def consume(backend: str) -> float:
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sub = context.socket(zmq.SUB)
-        sub.setsockopt(zmq.RCVHWM, HWM)
-        sub.setsockopt(zmq.SUBSCRIBE, b"metrics/")
-        sub.setsockopt(zmq.RCVTIMEO, 60_000)
-        sub.connect(backend)
+        sub = raw_sub(context, backend, b"metrics/", HWM, timeout_ms=60_000)
         publisher = _start_publisher(tree, backend, n)
         recv = sub.recv
         cpu = time.process_time()

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_raw import DATA  # noqa: E402
+from bench_raw import DATA, raw_sub  # noqa: E402
 
 from bus.publisher import Publisher  # noqa: E402
 
@@ -192,11 +192,8 @@ def _fanout_clients(url: str, clients: int, count: int, ready: Any, out: Any, ti
 
 
 def _raw_sub_cpu(backend: str, count: int, ready: Any, out: Any) -> None:
-    context = zmq.Context()
-    sub = context.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 1_000_000)
-    sub.setsockopt(zmq.SUBSCRIBE, b"metrics/fan")
-    sub.connect(backend)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sub = raw_sub(context, backend, b"metrics/fan", 1_000_000)
     time.sleep(0.5)
     ready.set()
     received = 0
